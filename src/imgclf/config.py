@@ -1,0 +1,187 @@
+"""Every training hyperparameter in one place.
+
+The defaults ARE the seed recipe (../shared/seed/README.md, reconstructed: the seed gives the
+structure of its CNN but no numbers): seed_cnn, SGD lr 0.01 momentum 0.9, batch 64, 30 epochs,
+pixels scaled to [0, 1] by the model's first layer, 10% stratified validation split.
+
+Precedence: defaults < recipe < config file (YAML or TOML) < command-line flags.
+The resolved config is written to every run directory as config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---------------------------------------------------------------------------
+    data: str | None = None  # image folder, CIFAR archive/folder, or "cifar10" (download)
+    test_data: str | None = None  # optional separate test image folder
+    input_size: int = 32  # square side length in pixels
+    resize: str = "stretch"  # stretch | crop | pad  (see imgclf.images)
+    val_fraction: float = 0.1
+    split_seed: int = 0  # the validation split is fixed by this seed, not by `seed`
+    limit_per_class: int | None = None  # use at most this many training images per class
+    skip_bad_images: bool = False
+    class_weight: str | None = None  # None | "balanced"
+    # --- model --------------------------------------------------------------------------
+    model: str = "seed_cnn"
+    model_options: dict = field(default_factory=dict)
+    # --- optimisation -------------------------------------------------------------------
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd (the seed's); adamw for experiments
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    # --- augmentation (train only; vectorised numpy on uint8 batches) ---------------------
+    augment_flip: bool = False
+    augment_translate: int = 0  # max shift in pixels (pad-and-crop, reflect padding)
+    augment_cutout: int = 0  # side of a square cutout; 0 = off
+    # --- averaging / inference ------------------------------------------------------------
+    ema: bool = False  # exponential moving average of weights (Keras' use_ema)
+    ema_momentum: float = 0.99
+    tta: bool = False  # test-time augmentation (mean of image and its mirror) in evaluation
+    # --- control --------------------------------------------------------------------------
+    seed: int = 0
+    deterministic: bool = True
+    early_stopping: int = 0  # patience in epochs on val_accuracy; 0 = off
+    keep_best: bool = False  # model.keras holds the best-val-accuracy epoch instead of the last
+    time_budget: float | None = None  # seconds; the schedule is spread over this wall time
+    recipe: str | None = None
+    tensorboard: bool = False
+    report: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Named recipes: overrides of the defaults. seed_cnn is the defaults themselves.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {},
+}
+
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def _check_value(name: str, value: Any, source: str) -> Any:
+    """Coerce/check one config value against the dataclass field type."""
+    if name not in FIELD_TYPES:
+        known = ", ".join(sorted(FIELD_TYPES))
+        raise ConfigError(f"{source}: unknown config field {name!r} (known fields: {known})")
+    kind = FIELD_TYPES[name]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{source}: field {name!r} must not be empty")
+    base = kind.split("|")[0].strip()
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "str":
+            if not isinstance(value, (str, Path)):
+                raise ValueError
+            return str(value)
+        if base == "dict":
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: field {name!r} expects {kind}, got {value!r}") from None
+    return value
+
+
+def _validate(cfg: TrainConfig) -> TrainConfig:
+    def bad(name, expected):
+        raise ConfigError(f"config: field {name!r} expects {expected}, got {getattr(cfg, name)!r}")
+
+    if cfg.resize not in ("stretch", "crop", "pad"):
+        bad("resize", "one of stretch, crop, pad")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        bad("val_fraction", "a number between 0 and 1")
+    if cfg.epochs < 1:
+        bad("epochs", "an integer >= 1")
+    if cfg.batch_size < 1:
+        bad("batch_size", "an integer >= 1")
+    if cfg.input_size < 8:
+        bad("input_size", "an integer >= 8")
+    if cfg.learning_rate <= 0:
+        bad("learning_rate", "a positive number")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        bad("optimizer", "one of sgd, adamw")
+    if cfg.lr_schedule not in ("constant", "cosine", "onecycle"):
+        bad("lr_schedule", "one of constant, cosine, onecycle")
+    if cfg.class_weight not in (None, "balanced"):
+        bad("class_weight", "balanced or nothing")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        bad("label_smoothing", "a number in [0, 1)")
+    if cfg.recipe is not None and cfg.recipe not in RECIPES:
+        bad("recipe", f"one of {', '.join(RECIPES)}")
+    return cfg
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML or TOML config file into a plain dict (no code is ever executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(path.read_text())
+        else:
+            data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML/TOML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def make_config(config_file: str | Path | None = None, recipe: str | None = None, **overrides) -> TrainConfig:
+    """Resolve defaults < recipe < config file < overrides into a checked TrainConfig."""
+    file_values = read_config_file(config_file) if config_file else {}
+    recipe = overrides.get("recipe") or file_values.get("recipe") or recipe
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ConfigError(f"recipe: unknown recipe {recipe!r} (expected one of {', '.join(RECIPES)})")
+        values.update(RECIPES[recipe])
+        values["recipe"] = recipe
+    for source, layer in ((str(config_file), file_values), ("argument", overrides)):
+        for name, value in layer.items():
+            if layer is overrides and value is None:
+                continue  # an unset command-line flag does not override anything
+            values[name] = _check_value(name, value, source)
+    return _validate(TrainConfig(**values))
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,272 @@
+"""Datasets: image folders and the official CIFAR-10 archive, split, cached and batched.
+
+An image folder is `root/<class>/*.{png,jpg,jpeg,bmp,webp}`. If `root` has a `train/` folder
+(like ../shared/datasets/cifar10-jpeg) that is the training set, and `root/test/`, if present,
+the test set. Without a test set, a seeded, stratified validation split is carved out of the
+training images; its seed and a hash of its file lists travel with the model.
+
+Decoded images are cached as uint8 arrays keyed by (file list, sizes, mtimes, input size,
+resize rule), so the second run does not decode 50,000 files again. Sets larger than
+IMGCLF_MAX_MEMORY_GB (default 8) are not loaded at all: their batches are decoded from disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .images import IMAGE_EXTENSIONS, to_rgb
+
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMGCLF_CACHE", Path.home() / ".cache" / "imgclf"))
+
+
+def files_hash(files) -> str:
+    """Stable hash of a list of relative file names (order-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ImageSet:
+    """Images and integer labels. `x` is None when the set streams from disk."""
+
+    y: np.ndarray
+    files: list[str]  # relative names ("cat/0001.jpg") or ids ("cifar10/train/00042")
+    x: np.ndarray | None = None
+    root: Path | None = None
+    size: tuple[int, int] = (32, 32)
+    resize: str = "stretch"
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def images(self, index) -> np.ndarray:
+        """uint8 images for an index array, from memory or decoded from disk."""
+        if self.x is not None:
+            return self.x[index]
+        return np.stack([to_rgb(self.root / self.files[i], self.size, self.resize) for i in np.asarray(index)])
+
+    def subset(self, index) -> "ImageSet":
+        index = np.asarray(index)
+        return ImageSet(self.y[index], [self.files[i] for i in index], None if self.x is None else self.x[index],
+                        self.root, self.size, self.resize)
+
+
+@dataclass
+class Dataset:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None
+    class_names: list[str]
+    split: dict = field(default_factory=dict)  # seed, val_fraction, train/val hashes, source
+
+
+# ---------------------------------------------------------------------------------------
+# Image folders
+# ---------------------------------------------------------------------------------------
+
+def scan_folder(root: str | Path, skip_bad: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
+    """List `root/<class>/<image>` files: (relative names, labels, sorted class names)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a folder of class sub-folders, got a file")
+    class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_names:
+        raise DataError(f"{root}: no class sub-folders found (expected {root}/<class>/<image files>)")
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        found = 0
+        for path in sorted((root / name).iterdir()):
+            if path.name.startswith(".") or path.is_dir():
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                if skip_bad:
+                    print(f"warning: {path}: skipped, not an image file", file=sys.stderr)
+                    continue
+                raise DataError(f"{path}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)};"
+                                f" --skip-bad-images skips it)")
+            files.append(f"{name}/{path.name}")
+            labels.append(label)
+            found += 1
+        if found == 0:
+            raise DataError(f"{root / name}: class folder is empty (expected at least one image)")
+    return files, np.asarray(labels, dtype=np.int64), class_names
+
+
+def _decode_chunk(args):
+    root, names, size, resize = args
+    out, errors = [], []
+    for name in names:
+        try:
+            out.append(to_rgb(Path(root) / name, size, resize))
+        except DataError as e:
+            out.append(None)
+            errors.append(str(e))
+    return out, errors
+
+
+def _cache_key(root: Path, files: list[str], size, resize) -> str:
+    h = hashlib.sha256(json.dumps([CACHE_FORMAT, str(root.resolve()), list(size), resize]).encode())
+    for name in files:
+        st = (root / name).stat()
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def decode_images(root: Path, files: list[str], size=(32, 32), resize="stretch",
+                  skip_bad: bool = False, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Decode files into a uint8 array; returns (images, indices of the files kept)."""
+    key = _cache_key(root, files, size, resize) if use_cache else None
+    cached = cache_dir() / f"images-{key}.npz" if key else None
+    if cached is not None and cached.exists():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return z["x"], z["kept"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: decode again and overwrite it
+    chunk = 500
+    jobs = [(str(root), files[i:i + chunk], tuple(size), resize) for i in range(0, len(files), chunk)]
+    workers = min(os.cpu_count() or 1, len(jobs))
+    if workers > 1:
+        # spawn, not fork: the parent may already hold TensorFlow's threads
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_decode_chunk, jobs))
+    else:
+        results = [_decode_chunk(j) for j in jobs]
+    images, errors = [], []
+    for out, errs in results:
+        images.extend(out)
+        errors.extend(errs)
+    if errors and not skip_bad:
+        raise DataError(errors[0] + (f" (and {len(errors) - 1} more bad images)" if len(errors) > 1 else "")
+                        + "; --skip-bad-images skips them")
+    if errors:
+        for e in errors[:5]:
+            print(f"warning: skipped {e}", file=sys.stderr)
+        print(f"warning: skipped {len(errors)} bad image(s) of {len(files)}", file=sys.stderr)
+    kept = np.asarray([i for i, im in enumerate(images) if im is not None], dtype=np.int64)
+    h, w = size
+    x = np.stack([images[i] for i in kept]) if len(kept) else np.zeros((0, h, w, 3), np.uint8)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.savez(f, x=x, kept=kept)
+        os.replace(tmp, cached)  # readers never see a half-written cache file
+    return x, kept
+
+
+def _max_memory_bytes() -> float:
+    return float(os.environ.get("IMGCLF_MAX_MEMORY_GB", 8)) * 2**30
+
+
+def load_folder(root: str | Path, size=(32, 32), resize="stretch", skip_bad=False,
+                limit_per_class: int | None = None, class_names: list[str] | None = None) -> tuple[ImageSet, list[str]]:
+    """Load an image folder as an ImageSet (in memory, or streaming if it is too large)."""
+    root = Path(root)
+    files, labels, names = scan_folder(root, skip_bad)
+    if class_names is not None and names != list(class_names):
+        raise DataError(f"{root}: classes {names} differ from the training classes {list(class_names)}")
+    if limit_per_class:
+        keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in range(len(names))])
+        files, labels = [files[i] for i in keep], labels[keep]
+    if len(files) * size[0] * size[1] * 3 > _max_memory_bytes():
+        print(f"note: {root}: {len(files)} images exceed the in-memory limit; streaming from disk", file=sys.stderr)
+        return ImageSet(labels, files, None, root, tuple(size), resize), names
+    x, kept = decode_images(root, files, size, resize, skip_bad)
+    return ImageSet(labels[kept], [files[i] for i in kept], x, root, tuple(size), resize), names
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified (train_index, val_index); both sorted."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    try:
+        tr, va = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
+    except ValueError as e:
+        raise DataError(f"validation split: cannot split {len(labels)} images stratified by class ({e})") from None
+    return np.sort(tr), np.sort(va)
+
+
+# ---------------------------------------------------------------------------------------
+# Dataset assembly
+# ---------------------------------------------------------------------------------------
+
+def is_cifar_source(data: str) -> bool:
+    p = Path(data)
+    return (data == "cifar10" or p.name.endswith(".tar.gz") or (p / "cifar-10-batches-py").is_dir()
+            or (p / "data_batch_1").is_file())
+
+
+def _load_cifar(data: str, limit_per_class):
+    from .cifar import load_cifar10
+
+    arrays = load_cifar10(None if data == "cifar10" else data)
+    sets = []
+    for split, x, y in (("train", arrays.x_train, arrays.y_train), ("test", arrays.x_test, arrays.y_test)):
+        y = np.asarray(y, dtype=np.int64)
+        index = np.arange(len(y))
+        if limit_per_class:
+            index = np.concatenate([np.flatnonzero(y == c)[:limit_per_class] for c in range(10)])
+            index.sort()
+        sets.append(ImageSet(y[index], [f"cifar10/{split}/{i:05d}" for i in index], x[index]))
+    return sets[0], sets[1], list(arrays.class_names)
+
+
+def load_dataset(data: str, test_data: str | None = None, input_size: int = 32, resize: str = "stretch",
+                 val_fraction: float = 0.1, split_seed: int = 0, limit_per_class: int | None = None,
+                 skip_bad_images: bool = False) -> Dataset:
+    """Load training images (and a test set, if any) and carve the fixed validation split."""
+    if not data:
+        raise DataError("data: no dataset given (expected an image folder, a CIFAR-10 archive or 'cifar10')")
+    size = (input_size, input_size)
+    test = None
+    if is_cifar_source(data):
+        if input_size != 32:
+            raise DataError(f"{data}: CIFAR-10 images are 32x32; input_size must be 32, got {input_size}")
+        full, test, class_names = _load_cifar(data, limit_per_class)
+    else:
+        root = Path(data)
+        if (root / "train").is_dir():
+            if test_data is None and (root / "test").is_dir():
+                test_data = str(root / "test")
+            root = root / "train"
+        full, class_names = load_folder(root, size, resize, skip_bad_images, limit_per_class)
+    if test_data:
+        test, _ = load_folder(test_data, size, resize, skip_bad_images, class_names=class_names)
+    tr, va = stratified_split(full.y, val_fraction, split_seed)
+    train, val = full.subset(tr), full.subset(va)
+    split = {"source": str(data), "seed": split_seed, "val_fraction": val_fraction,
+             "train_files_hash": files_hash(train.files), "val_files_hash": files_hash(val.files),
+             "n_train": len(train), "n_val": len(val), "n_test": 0 if test is None else len(test)}
+    return Dataset(train, val, test, class_names, split)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """'balanced' weights: n_samples / (n_classes * count(class))."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    w = compute_class_weight("balanced", classes=present, y=labels)
+    weights = {int(c): 1.0 for c in range(num_classes)}
+    weights.update({int(c): float(v) for c, v in zip(present, w)})
+    return weights
+

@@ -1,0 +1,135 @@
+"""Evaluation: the seed's results table, per-class precision/recall/F1 and a confusion matrix.
+
+`evaluate(model, data)` needs only the model file: its metadata gives the class names, input
+size, resize rule and validation split. Shown the model's own training folder (recognised by
+the hash of its training file list), it rebuilds the same split and reports train and
+validation rows, as the seed did; any other folder is reported as held-out data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset, ImageSet, files_hash, load_dataset
+from .errors import ImgclfError
+from .fileio import atomic_write, write_json
+from .inference import load_classifier
+
+
+def evaluate_arrays(probs: np.ndarray, y: np.ndarray) -> dict:
+    """Loss, accuracy, per-class report and confusion matrix for predicted probabilities."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
+
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = list(range(probs.shape[1]))
+    pred = probs.argmax(axis=1)
+    clipped = np.clip(probs, 1e-7, 1.0)  # as Keras does; renormalised so sklearn sees probabilities
+    return {
+        "loss": float(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "n": int(len(y)),
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+        "per_class": classification_report(y, pred, labels=labels, output_dict=True, zero_division=0),
+        "pred": pred, "probs": probs, "y": np.asarray(y),
+    }
+
+
+def results_table(metrics: dict) -> str:
+    """The seed README's results table, for whichever sets are present."""
+    names = {"train": "Training Set", "val": "Validation Set", "data": "Data", "test": "Test Set"}
+    present = [k for k in names if k in metrics]
+    lines = ["| Metric   | " + " | ".join(names[k] for k in present) + " |",
+             "|----------|" + "|".join("-" * (len(names[k]) + 2) for k in present) + "|",
+             "| Loss     | " + " | ".join(f"{metrics[k]['loss']:.4f}".ljust(len(names[k])) for k in present) + " |",
+             "| Accuracy | " + " | ".join(f"{100 * metrics[k]['accuracy']:.2f}%".ljust(len(names[k]))
+                                          for k in present) + " |"]
+    return "\n".join(lines)
+
+
+def per_class_table(result: dict, class_names: list[str]) -> str:
+    rep = result["per_class"]
+    lines = [f"{'class':<14} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    for i, name in enumerate(class_names):
+        r = rep[str(i)]
+        lines.append(f"{name:<14} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1-score']:>7.3f} {int(r['support']):>8}")
+    return "\n".join(lines)
+
+
+def write_evaluation(out_dir: Path, result: dict, class_names: list[str], name: str) -> None:
+    """classification_report.txt and confusion_matrix.png for one set."""
+    from .plots import plot_confusion_matrix
+
+    cm = np.asarray(result["confusion_matrix"])
+    text = per_class_table(result, class_names) + "\n\nconfusion matrix (rows: true, columns: predicted)\n" + \
+        "\n".join(" ".join(f"{v:>5d}" for v in row) for row in cm) + "\n"
+    atomic_write(out_dir / "classification_report.txt", lambda f: f.write(text.encode()))
+    plot_confusion_matrix(cm, class_names, out_dir / "confusion_matrix.png", f"confusion matrix ({name})")
+
+
+def _same_split(meta: dict, data: Dataset) -> bool:
+    split = meta.get("split") or {}
+    return bool(split) and split.get("train_files_hash") == files_hash(data.train.files)
+
+
+def evaluate(model: str | Path, data: str | None = None, test_data: str | None = None,
+             out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True) -> dict:
+    """Evaluate a model file on a dataset; returns {set: {loss, accuracy, ...}} and writes out_dir."""
+
+    clf = load_classifier(model)
+    split = clf.meta.get("split") or {}
+    data = data or split.get("source")
+    if not data:
+        raise ImgclfError("data: no dataset given and the model records none (pass --data)")
+    ds = load_dataset(data, test_data, clf.input_size, clf.resize, split.get("val_fraction", 0.1),
+                      split.get("seed", 0), split.get("limit_per_class"))
+    if ds.class_names != clf.class_names:
+        raise ImgclfError(f"{data}: classes {ds.class_names} differ from the model's {clf.class_names}")
+    own = _same_split(meta=clf.meta, data=ds)
+    if own:
+        sets = {"train": ds.train, "val": ds.val}
+        note = "these are the model's own training images: train = its training split, val = its held-out split"
+    else:
+        both = ds.train
+        full = ImageSet(np.concatenate([both.y, ds.val.y]), both.files + ds.val.files,
+                        None if both.x is None else np.concatenate([both.x, ds.val.x]), both.root, both.size, both.resize)
+        sets = {"data": full}
+        note = "not the model's training images: all of them are reported as held-out data"
+    if ds.test is not None:
+        sets["test"] = ds.test
+    results = {}
+    for name, s in sets.items():
+        probs = clf.predict_proba(_all_images(s), tta=tta, calibrated=False)
+        results[name] = evaluate_arrays(probs, s.y)
+
+    out_dir = Path(out_dir) if out_dir else Path(model).parent / "evaluation"
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    held_out = "test" if "test" in results else ("val" if "val" in results else "data")
+    write_evaluation(tmp, results[held_out], clf.class_names, held_out)
+    summary = {name: {k: r[k] for k in ("loss", "accuracy", "n", "confusion_matrix", "per_class")}
+               for name, r in results.items()}
+    summary["model"], summary["data"], summary["own_training_images"], summary["tta"] = str(model), str(data), own, tta
+    write_json(tmp / "metrics.json", summary)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    if verbose:
+        print(f"model: {model} ({clf.runtime})\ndata: {data}\nnote: {note}\n")
+        print(results_table(summary))
+        print(f"\nper-class metrics ({held_out}):\n" + per_class_table(results[held_out], clf.class_names))
+        cm = results[held_out]["confusion_matrix"]
+        print("\nconfusion matrix (rows: true, columns: predicted)\n" +
+              "\n".join(" ".join(f"{v:>5d}" for v in row) for row in cm))
+        print(f"\nwritten: {out_dir}/metrics.json, confusion_matrix.png, classification_report.txt", file=sys.stderr)
+    return results
+
+
+def _all_images(s) -> np.ndarray:
+    return s.x if s.x is not None else s.images(np.arange(len(s)))

@@ -1,0 +1,112 @@
+"""The one image conversion function: every image, at training and at prediction time.
+
+`to_rgb(...)` turns any file or PIL image into an (H, W, 3) uint8 RGB array of the model's
+input size. Doing this in exactly one place is what makes training and serving agree.
+
+Rules, in order:
+1. Pixel limit: images above MAX_PIXELS are refused (Pillow's decompression-bomb guard, set
+   far below its 89 MP default, with its warning turned into an error).
+2. EXIF orientation is applied (phone photos are often stored sideways).
+3. Mode: 16-bit grayscale ("I;16", "I") is scaled 0..65535 -> 0..255 (not clipped);
+   32-bit float ("F") is taken as 0..1 if its max is <= 1, else 0..255; RGBA / LA / palette
+   transparency is composited on a fixed mid-grey BACKGROUND; everything else -> RGB.
+4. Resize to (height, width) by one rule (recorded with the model):
+   - "stretch": resize to exactly the target size, ignoring aspect ratio (CIFAR-style);
+   - "crop": scale the short side to the target, then centre-crop;
+   - "pad": scale the long side to the target, then pad centred with BACKGROUND.
+   Resampling is bilinear with Pillow's antialiasing (reducing_gap=None for exactness).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+RESIZE_RULES = ("stretch", "crop", "pad")
+MAX_PIXELS = 16_000_000  # 16 MP: ample for classifier inputs, far below Pillow's 89 MP default
+BACKGROUND = (128, 128, 128)  # fixed colour for transparency and padding
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def _open(source) -> Image.Image:
+    """Open and fully decode `source` (path, bytes or PIL image), turning every failure into DataError."""
+    if isinstance(source, Image.Image):
+        return source
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            img.load()  # decode now, so truncated files fail here and not later
+        return img
+    except FileNotFoundError:
+        raise DataError(f"{name}: file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{name}: image is larger than the {MAX_PIXELS:,}-pixel limit") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image file (expected PNG, JPEG, BMP or WebP)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def _to_rgb_mode(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit PNGs arrive as mode "I;16" or as "I" holding 0..65535; both scale by 257.
+        arr = np.round(arr / 257.0) if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else arr
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _resize(img: Image.Image, height: int, width: int, rule: str) -> Image.Image:
+    if img.size == (width, height):
+        return img
+    if rule == "stretch":
+        return img.resize((width, height), Image.Resampling.BILINEAR)
+    if rule == "crop":
+        return ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR, centering=(0.5, 0.5))
+    if rule == "pad":
+        return ImageOps.pad(img, (width, height), Image.Resampling.BILINEAR, color=BACKGROUND)
+    raise DataError(f"resize: unknown rule {rule!r} (expected one of {', '.join(RESIZE_RULES)})")
+
+
+def to_rgb(source, size=(32, 32), resize: str = "stretch") -> np.ndarray:
+    """Convert a path, bytes or PIL image to a (height, width, 3) uint8 RGB array.
+
+    `size` is (height, width) or an int for a square. Raises DataError with the file name on
+    anything that is not a usable image.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    if resize not in RESIZE_RULES:
+        raise DataError(f"resize: unknown rule {resize!r} (expected one of {', '.join(RESIZE_RULES)})")
+    img = _open(source)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block should not make a readable image unusable
+        pass
+    img = _resize(_to_rgb_mode(img), height, width, resize)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -1,0 +1,104 @@
+"""Inference on raw images, for any model file imgclf can run.
+
+`load_classifier(path)` picks the runtime from the file: `.keras` runs on Keras, `.onnx` on
+ONNX Runtime (without importing TensorFlow or Keras). Both take uint8 RGB batches at the
+model's input size and return class probabilities, with the model's fitted temperature
+applied (softmax(log p / T); T = 1 leaves them unchanged).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImgclfError
+from .images import is_image_file, to_rgb
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Classifier:
+    """A model plus its metadata. Subclasses implement `_raw_probs(x_uint8)`."""
+
+    runtime = "?"
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = Path(path), meta
+        self.class_names: list[str] = list(meta["class_names"])
+        self.input_size = int(meta["input_size"])
+        self.resize: str = meta["resize"]
+        self.temperature = float(meta.get("temperature", 1.0))
+
+    def _raw_probs(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256, tta: bool = False,
+                      calibrated: bool = True) -> np.ndarray:
+        """Probabilities for a uint8 NHWC batch. `tta` averages each image with its mirror."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            batch = np.asarray(x[i:i + batch_size])
+            p = self._raw_probs(batch)
+            if tta:
+                p = 0.5 * (p + self._raw_probs(batch[:, :, ::-1]))
+            out.append(p)
+        probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+        return apply_temperature(probs, self.temperature) if calibrated else probs
+
+    def load_images(self, sources) -> np.ndarray:
+        size = self.input_size
+        return np.stack([to_rgb(s, (size, size), self.resize) for s in sources]) if len(sources) else \
+            np.zeros((0, size, size, 3), np.uint8)
+
+
+class KerasClassifier(Classifier):
+    runtime = "keras"
+
+    def __init__(self, path):
+        from .modelfile import load_model
+
+        self.model, meta = load_model(path)
+        super().__init__(path, meta)
+
+    def _raw_probs(self, x):
+        return np.asarray(self.model.predict_on_batch(x.astype(np.float32)), dtype=np.float32)
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    path = Path(path)
+    if not path.is_file():
+        raise ImgclfError(f"{path}: model file not found")
+    if path.suffix == ".keras":
+        return KerasClassifier(path)
+    if path.suffix == ".onnx":
+        from .onnx_runtime import OnnxClassifier  # noqa: F401  (issue 5: ONNX Runtime path)
+
+        return OnnxClassifier(path)
+    raise ImgclfError(f"{path}: unknown model format (expected .keras or .onnx)")
+
+
+def top_k(probs: np.ndarray, class_names: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(class_names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def expand_paths(paths) -> list[Path]:
+    """Files as given, and image files found recursively in folders, in sorted order."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ImgclfError(f"{p}: no such file or folder")
+    return out

@@ -1,0 +1,58 @@
+"""Prediction on image files and folders: top-k classes with probabilities."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from .inference import expand_paths, load_classifier, top_k
+
+
+def predict(model: str | Path, paths, k: int = 5, batch_size: int = 256, tta: bool = False) -> list[dict]:
+    """[{"file": ..., "top": [(class, probability), ...]}] for every image in `paths`."""
+    clf = load_classifier(model)
+    files = expand_paths(paths)
+    out = []
+    for i in range(0, len(files), batch_size):
+        chunk = files[i:i + batch_size]
+        probs = clf.predict_proba(clf.load_images(chunk), tta=tta)
+        out.extend({"file": str(f), "top": t} for f, t in zip(chunk, top_k(probs, clf.class_names, k)))
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no images)"
+    width = max(len(r["file"]) for r in rows)
+    lines = []
+    for r in rows:
+        guesses = "  ".join(f"{name} {100 * p:5.1f}%" for name, p in r["top"])
+        lines.append(f"{r['file']:<{width}}  {guesses}")
+    return "\n".join(lines)
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    k = max((len(r["top"]) for r in rows), default=0)
+    w = csv.writer(buf)
+    w.writerow(["file"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")])
+    for r in rows:
+        w.writerow([r["file"]] + [v for name, p in r["top"] for v in (name, f"{p:.6f}")])
+    return buf.getvalue()
+
+
+def to_json(rows: list[dict]) -> str:
+    return json.dumps([{"file": r["file"], "top": [{"class": n, "probability": p} for n, p in r["top"]]}
+                       for r in rows], indent=1)
+
+
+def print_predictions(rows, as_json=False, csv_path=None) -> None:
+    if csv_path:
+        from .fileio import atomic_write
+
+        atomic_write(Path(csv_path), lambda f: f.write(to_csv(rows).encode()))
+        print(f"wrote {len(rows)} predictions to {csv_path}", file=sys.stderr)
+    print(to_json(rows) if as_json else format_table(rows))

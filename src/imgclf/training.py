@@ -1,0 +1,382 @@
+"""Training: config in, run directory out.
+
+    run_dir/
+      config.yaml          the resolved config
+      history.csv          one row per epoch (loss, accuracy, val_*, lr, epoch_seconds)
+      metrics.json         the seed's results table (train / val / test loss and accuracy) and timing
+      model.keras          the trained model, with imgclf.json metadata inside
+      learning_curves.png  loss and accuracy, train vs validation
+      confusion_matrix.png, classification_report.txt   on the validation split
+      backup/              per-epoch checkpoint for --resume (removed when training completes)
+
+Data stays in memory as uint8; batches are shuffled by (seed, epoch) and augmented in
+vectorised numpy, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig, make_config, read_config_file, save_config
+from .data import Dataset, ImageSet, class_weights, load_dataset
+from .errors import ConfigError, ImgclfError
+from .fileio import atomic_write, write_csv, write_json
+
+import keras  # noqa: E402  (after the imgclf imports so that bad input fails before the slow import)
+
+from . import __version__  # noqa: E402
+from .models import create_model  # noqa: E402
+from .modelfile import save_model  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------
+# Batches: shuffle + vectorised augmentation on uint8, deterministic in (seed, epoch, batch)
+# ---------------------------------------------------------------------------------------
+
+def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool = False, translate: int = 0,
+                  cutout: int = 0) -> np.ndarray:
+    """Random horizontal flip, pad-and-crop translation (reflect padding) and cutout, on a uint8 batch."""
+    n, h, w, _ = x.shape
+    if flip:
+        mirror = rng.random(n) < 0.5
+        x = np.where(mirror[:, None, None, None], x[:, :, ::-1], x)
+    if translate:
+        t = translate
+        padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
+        dy = rng.integers(0, 2 * t + 1, n)
+        dx = rng.integers(0, 2 * t + 1, n)
+        rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
+        cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
+        x = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if cutout:
+        cy = rng.integers(0, h, n)
+        cx = rng.integers(0, w, n)
+        yy = np.arange(h)[None, :, None]
+        xx = np.arange(w)[None, None, :]
+        half = cutout // 2
+        mask = ((np.abs(yy - cy[:, None, None]) <= half - (cutout % 2 == 0))
+                & (np.abs(xx - cx[:, None, None]) <= half - (cutout % 2 == 0)))
+        x = np.where(mask[..., None], np.uint8(0), x)
+    return np.ascontiguousarray(x)
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of (float32 pixels 0..255, labels) from an ImageSet.
+
+    For training, the order is a permutation drawn from (seed, epoch), and augmentation
+    draws from (seed, epoch, batch index): nothing depends on what ran before, which is what
+    makes `--resume` exact.
+    """
+
+    def __init__(self, images: ImageSet, batch_size: int, num_classes: int, train: bool = False,
+                 seed: int = 0, cfg: TrainConfig | None = None, one_hot: bool = False,
+                 sample_weights: dict[int, float] | None = None):
+        super().__init__()
+        self.images, self.batch_size, self.num_classes = images, batch_size, num_classes
+        self.train, self.seed, self.cfg, self.one_hot = train, seed, cfg, one_hot
+        self.sample_weights = sample_weights
+        self.epoch = 0
+        self.order = np.arange(len(images))
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.train:
+            self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, i):
+        index = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        x = self.images.images(index)
+        if self.train and self.cfg is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, i, 1])
+            x = augment_batch(x, rng, self.cfg.augment_flip, self.cfg.augment_translate, self.cfg.augment_cutout)
+        y = self.images.y[index]
+        if self.one_hot:
+            y = np.eye(self.num_classes, dtype=np.float32)[y]
+        x = x.astype(np.float32)
+        if self.sample_weights is not None:
+            w = np.asarray([self.sample_weights[int(c)] for c in self.images.y[index]], np.float32)
+            return x, y, w
+        return x, y
+
+
+# ---------------------------------------------------------------------------------------
+# Callbacks
+# ---------------------------------------------------------------------------------------
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """Learning rate at `progress` in [0, 1] of training (by steps, or by wall time with a budget)."""
+    base = cfg.learning_rate
+    warm = cfg.warmup_epochs / cfg.epochs if cfg.time_budget is None else min(cfg.warmup_epochs / max(cfg.epochs, 1), 0.5)
+    if warm > 0 and progress < warm:
+        return base * progress / warm
+    if cfg.lr_schedule == "constant":
+        return base
+    rest = (progress - warm) / max(1e-9, 1 - warm)
+    rest = min(max(rest, 0.0), 1.0)
+    if cfg.lr_schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * rest))
+    return base * (1 - rest)  # onecycle: linear warmup (above), then linear decay to 0
+
+
+class Schedule(keras.callbacks.Callback):
+    """Sets the learning rate each batch; with a time budget, progress is elapsed / budget and
+    training stops when the budget is spent."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int):
+        super().__init__()
+        self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
+        self.epoch = 0
+        self.start = None
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def progress(self, batch: int) -> float:
+        if self.cfg.time_budget:
+            return min(1.0, (time.perf_counter() - self.start) / self.cfg.time_budget)
+        return (self.epoch * self.steps_per_epoch + batch) / (self.cfg.epochs * self.steps_per_epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.cfg.lr_schedule == "constant" and not self.cfg.warmup_epochs:
+            return
+        self.model.optimizer.learning_rate.assign(lr_at(self.cfg, self.progress(batch)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.cfg.time_budget and self.progress(batch) >= 1.0:
+            self.model.stop_training = True
+
+
+class RunState(keras.callbacks.Callback):
+    """Per-epoch history CSV, the random-generator state for exact resume, and the best weights.
+
+    Keras' BackupAndRestore (placed before this callback) restores weights and optimizer; the
+    dropout layers' SeedGenerator states are not in the saved weights, so they are saved here
+    per epoch and put back, along with the data order (Batches.set_epoch).
+    """
+
+    def __init__(self, run_dir: Path, batches: Batches, keep_best: bool):
+        super().__init__()
+        self.run_dir, self.batches, self.keep_best = run_dir, batches, keep_best
+        self.backup = run_dir / "backup"
+        self.rows: list[dict] = []
+        self.best = -1.0
+        self.t0 = 0.0
+
+    def _seed_vars(self):
+        return [v for v in self.model.variables if "seed_generator_state" in v.path]
+
+    def on_train_begin(self, logs=None):
+        self.backup.mkdir(parents=True, exist_ok=True)
+        start = self.model._initial_epoch or 0  # set by BackupAndRestore when it restored
+        history = self.run_dir / "history.csv"
+        if start and history.exists():
+            with open(history, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start + 1]
+        rng_file = self.backup / f"rng-{start}.npz"
+        if start and rng_file.exists():
+            with np.load(rng_file) as z:
+                for i, v in enumerate(self._seed_vars()):
+                    v.assign(z[f"v{i}"])
+        best_file = self.backup / "best.json"
+        if start and best_file.exists():
+            self.best = json.loads(best_file.read_text())["val_accuracy"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               "epoch_seconds": time.perf_counter() - self.t0}
+        self.rows.append(row)
+        write_csv(self.run_dir / "history.csv", self.rows)
+        # RNG state *after* this epoch = state at the start of epoch+1 (BackupAndRestore's number).
+        arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self._seed_vars())}
+        atomic_write(self.backup / f"rng-{epoch + 1}.npz", lambda f: np.savez(f, **arrays))
+        stale = self.backup / f"rng-{epoch - 1}.npz"  # keep two: BackupAndRestore may fall back one
+        if stale.exists():
+            stale.unlink()
+        if self.keep_best and logs.get("val_accuracy", -1) > self.best:
+            self.best = float(logs["val_accuracy"])
+            tmp = self.backup / ".best.tmp.weights.h5"
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.backup / "best.weights.h5")
+            atomic_write(self.backup / "best.json",
+                         lambda f: f.write(json.dumps({"epoch": epoch + 1, "val_accuracy": self.best}).encode()))
+
+
+# ---------------------------------------------------------------------------------------
+# The training entry point
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model_path: Path
+    metrics: dict
+    config: TrainConfig
+
+
+def _set_determinism(cfg: TrainConfig) -> None:
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
+    model = create_model(cfg.model, num_classes, (cfg.input_size, cfg.input_size, 3), **cfg.model_options)
+    common = dict(learning_rate=cfg.learning_rate, use_ema=cfg.ema, ema_momentum=cfg.ema_momentum,
+                  weight_decay=cfg.weight_decay or None)
+    if cfg.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+    else:
+        optimizer = keras.optimizers.AdamW(**{**common, "weight_decay": cfg.weight_decay})
+    if cfg.label_smoothing:  # the sparse loss has no label smoothing: one-hot targets instead
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    return model
+
+
+def model_meta(cfg: TrainConfig, data: Dataset, model: keras.Model) -> dict:
+    return {
+        "imgclf_version": __version__, "keras_version": keras.__version__, "backend": keras.backend.backend(),
+        "model": cfg.model, "recipe": cfg.recipe, "class_names": data.class_names,
+        "input_size": cfg.input_size, "resize": cfg.resize, "temperature": 1.0,
+        "split": {**data.split, "limit_per_class": cfg.limit_per_class},
+        "params": int(model.count_params()),
+    }
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.recipe or cfg.model}-{stamp}"
+
+
+def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path | None = None,
+          resume: str | Path | None = None, verbose: int = 1, callbacks=(), **overrides) -> RunResult:
+    """Train a model and write a run directory. See the module docstring for its contents.
+
+    `config` is a TrainConfig or a YAML/TOML file; keyword overrides win over both.
+    `resume=RUN_DIR` continues an interrupted run from its last completed epoch.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ImgclfError(f"{run_dir}: not a run directory (expected config.yaml inside)")
+        cfg = make_config(**read_config_file(run_dir / "config.yaml"))
+    elif isinstance(config, TrainConfig):
+        cfg = make_config(**{**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    else:
+        cfg = make_config(config, **overrides)
+
+    t_start = time.perf_counter()
+    # Load (and check) the data before anything is written: bad input leaves no run directory.
+    data = load_dataset(cfg.data, cfg.test_data, cfg.input_size, cfg.resize, cfg.val_fraction,
+                        cfg.split_seed, cfg.limit_per_class, cfg.skip_bad_images)
+    load_seconds = time.perf_counter() - t_start
+    num_classes = len(data.class_names)
+
+    _set_determinism(cfg)
+    model = build_compiled_model(cfg, num_classes)
+
+    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    if resume is None:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ImgclfError(f"{run_dir}: run directory exists and is not empty (use --resume to continue it)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    one_hot = cfg.label_smoothing > 0
+    weights = class_weights(data.train.y, num_classes) if cfg.class_weight == "balanced" else None
+    train_batches = Batches(data.train, cfg.batch_size, num_classes, train=True, seed=cfg.seed, cfg=cfg,
+                            one_hot=one_hot, sample_weights=weights)
+    val_batches = Batches(data.val, 256, num_classes, one_hot=one_hot)
+    epochs = cfg.epochs if not cfg.time_budget else 10_000
+
+    cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True, delete_checkpoint=False),
+           RunState(run_dir, train_batches, cfg.keep_best),
+           Schedule(cfg, len(train_batches))]
+    if cfg.ema:
+        cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if cfg.early_stopping:
+        cbs.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping, mode="max"))
+    if cfg.tensorboard:
+        cbs.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    cbs.extend(callbacks)
+
+    t_fit = time.perf_counter()
+    model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose, callbacks=cbs)
+    fit_seconds = time.perf_counter() - t_fit
+
+    chosen = "final"
+    best_json = run_dir / "backup" / "best.json"
+    if cfg.keep_best and best_json.exists():
+        model.load_weights(run_dir / "backup" / "best.weights.h5")
+        chosen = f"best (epoch {json.loads(best_json.read_text())['epoch']})"
+
+    from .evaluation import evaluate_arrays, results_table, write_evaluation  # matplotlib/sklearn: imported late
+
+    meta = model_meta(cfg, data, model)
+    history = list(csv.DictReader(open(run_dir / "history.csv", newline="")))
+    sets = {"train": data.train, "val": data.val}
+    if data.test is not None:
+        sets["test"] = data.test
+    predict = lambda x: model.predict(Batches(x, 256, num_classes), verbose=0)  # noqa: E731
+    results = {name: evaluate_arrays(predict(s), s.y) for name, s in sets.items()}
+    epoch_seconds = [float(r["epoch_seconds"]) for r in history]
+    metrics = {
+        **{name: {"loss": r["loss"], "accuracy": r["accuracy"], "n": r["n"]} for name, r in results.items()},
+        "weights": chosen, "epochs_run": len(history),
+        "seconds": {"data_load": load_seconds, "fit": fit_seconds, "per_epoch_mean": float(np.mean(epoch_seconds)),
+                    "total": time.perf_counter() - t_start},
+        "train_images_per_second": len(data.train) * len(history) / max(sum(epoch_seconds), 1e-9),
+        "backend": keras.backend.backend(),
+    }
+    meta["metrics"] = {k: metrics[k] for k in sets}
+    model_path = save_model(model, run_dir / "model.keras", meta)
+    write_evaluation(run_dir, results["val"], data.class_names, "val")
+    write_json(run_dir / "metrics.json", metrics)
+    from .plots import plot_learning_curves
+
+    plot_learning_curves(history, run_dir / "learning_curves.png")
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    if verbose:
+        print(results_table(metrics))
+        print(f"run directory: {run_dir}")
+    if cfg.report:
+        try:
+            from .report import make_report
+        except ImportError:  # the report module is optional until it lands
+            make_report = None
+        if make_report is not None:
+            make_report(run_dir)
+    return RunResult(run_dir, model_path, metrics, cfg)
+
+
+__all__ = ["train", "RunResult", "Batches", "augment_batch", "TrainConfig", "ConfigError",
+           "build_compiled_model", "lr_at"]
