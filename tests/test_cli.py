@@ -1,0 +1,103 @@
+"""The CLI over the API: predict on files and folders, evaluate, one-line errors, other backends."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_folder
+from imgclf.cli import main
+
+
+def test_predict_files_and_folders(trained_colour_model, tmp_path, capsys):
+    run, data = trained_colour_model
+    red = data / "red" / "000.png"
+    assert main(["predict", str(run.model_path), str(red), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "000.png" in out and out.split()[1] == "red"  # first guess of the table row
+    assert main(["predict", str(run.model_path), str(data / "blue"), "--json", "-k", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 30 and all(len(r["top"]) == 3 for r in rows)
+    assert abs(sum(t["probability"] for t in rows[0]["top"]) - 1) < 1e-4
+    assert sum(r["top"][0]["class"] == "blue" for r in rows) >= 25
+    out_csv = tmp_path / "preds.csv"
+    assert main(["predict", str(run.model_path), str(data), "--csv", str(out_csv)]) == 0
+    table = list(csv.DictReader(open(out_csv)))
+    assert len(table) == 90 and {"file", "class_1", "prob_1", "class_3"} <= set(table[0])
+
+
+def test_predict_converts_odd_images_like_training(trained_colour_model, tmp_path, capsys):
+    run, _ = trained_colour_model
+    big = np.zeros((300, 200, 4), np.uint8)
+    big[..., 0], big[..., 3] = 230, 255  # a large opaque red RGBA image
+    Image.fromarray(big, "RGBA").save(tmp_path / "big_red.png")
+    assert main(["predict", str(run.model_path), str(tmp_path / "big_red.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] == "red"
+
+
+def test_evaluate_recognises_the_models_own_training_images(trained_colour_model, tmp_path, capsys):
+    run, data = trained_colour_model
+    assert main(["evaluate", str(run.model_path), "--out", str(tmp_path / "ev")]) == 0  # data from the model file
+    out = capsys.readouterr().out
+    assert "own training images" in out and "Training Set" in out and "Validation Set" in out
+    assert "precision" in out and "confusion matrix" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["own_training_images"] is True
+    assert metrics["val"]["accuracy"] == pytest.approx(run.metrics["val"]["accuracy"], abs=1e-6)
+    assert (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 1000
+    other = make_folder(tmp_path / "other", per_class=5, seed=9)
+    assert main(["evaluate", str(run.model_path), "--data", str(other), "--out", str(tmp_path / "ev2")]) == 0
+    out = capsys.readouterr().out
+    assert "not the model's training images" in out and "| Data" in out
+    assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["data"]["n"] == 15
+
+
+def test_bad_input_is_one_line_and_exit_2(trained_colour_model, tmp_path, capsys):
+    run, _ = trained_colour_model
+    cases = [
+        (["predict", str(run.model_path), str(tmp_path / "nope.jpg")], "nope.jpg: no such file"),
+        (["predict", str(tmp_path / "m.keras"), str(tmp_path)], "m.keras: model file not found"),
+        (["train", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "r")], "absent: folder not found"),
+        (["train", "--data", str(tmp_path), "--epochs", "0"], "'epochs' expects an integer >= 1"),
+    ]
+    (tmp_path / "junk.png").write_text("junk")
+    cases.append((["predict", str(run.model_path), str(tmp_path / "junk.png")], "junk.png: not an image"))
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err and "\n" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_command_line_entry_point(trained_colour_model):
+    run, data = trained_colour_model
+    proc = subprocess.run([sys.executable, "-m", "imgclf.cli", "predict", str(run.model_path),
+                           str(data / "green" / "001.png"), "-k", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "green" in proc.stdout
+
+
+JAX_SMOKE = """
+import sys, numpy as np, imgclf, keras
+assert keras.backend.backend() == "jax", keras.backend.backend()
+run = imgclf.train(data=sys.argv[1], epochs=2, batch_size=8, run_dir=sys.argv[2], verbose=0, report=False)
+model, meta = imgclf.load_model(run.model_path)
+x = np.full((1, 32, 32, 3), 200, np.uint8)
+print("OK", run.metrics["val"]["accuracy"], model.predict(x, verbose=0).shape)
+"""
+
+
+def test_jax_backend_smoke(tmp_path):
+    import jax  # noqa: F401  (installed by .ci/run; a missing jax is a failure, not a skip)
+
+    data = make_folder(tmp_path / "d", per_class=8)
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-c", JAX_SMOKE, str(data), str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OK" in proc.stdout and "(1, 3)" in proc.stdout
