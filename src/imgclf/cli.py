@@ -8,6 +8,7 @@ generated from the dataclass so the two can never drift apart. Bad input ends wi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -64,6 +65,13 @@ def cmd_train(args) -> int:
     overrides.pop("model_options", None)
     if args.model_option:
         overrides["model_options"] = _model_options(args.model_option)
+    if getattr(args, "repeats", 1) != 1:  # mean +- std over seeds (imgclf.repeats)
+        from .repeats import train_repeats
+
+        if args.resume:
+            raise ImgclfError("--repeats: cannot be combined with --resume")
+        train_repeats(args.config, args.repeats, run_dir=args.out, verbose=0 if args.quiet else 1, **overrides)
+        return 0
     train(args.config, run_dir=args.out, resume=args.resume,
           verbose=0 if args.quiet else 1, **overrides)
     return 0
@@ -72,15 +80,68 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate
 
-    evaluate(args.model, args.data, args.test_data, args.out, tta=args.tta)
+    evaluate(args.model, args.data, args.test_data, args.out, tta=args.tta, report=args.report)
     return 0
+
+
+def cmd_report(args) -> int:
+    from .report import make_report
+
+    print(make_report(args.run_dir, args.out, robustness_n=args.robustness_n))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import compare
+
+    print(compare(args.run_dirs, args.out))
+    return 0
+
+
+def _model_or_pretrained(args, prefer=("onnx", "keras")):
+    """(model path, remaining positional paths) for commands that take MODEL or --pretrained NAME."""
+    positional = ([str(args.model)] if args.model is not None else []) + list(getattr(args, "paths", []) or [])
+    if getattr(args, "pretrained", None):
+        from .zoo import pretrained_path
+
+        return pretrained_path(args.pretrained, prefer), positional
+    if not positional:
+        raise ImgclfError("MODEL: give a model file (.keras or .onnx) or --pretrained NAME")
+    return Path(positional[0]), positional[1:]
 
 
 def cmd_predict(args) -> int:
     from .prediction import predict, print_predictions
 
-    rows = predict(args.model, args.paths, k=args.top_k, tta=args.tta)
+    model, paths = _model_or_pretrained(args)
+    if not paths:
+        raise ImgclfError("PATHS: give one or more image files or folders")
+    rows = predict(model, paths, k=args.top_k, tta=args.tta)
     print_predictions(rows, as_json=args.json, csv_path=args.csv)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    result = export(args.model, args.format, args.out, check_data=args.check_data)
+    print(result.summary())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    model, extra = _model_or_pretrained(args, prefer=("keras", "onnx"))  # .keras gives Grad-CAM heatmaps
+    if extra:
+        raise ImgclfError(f"serve: unexpected argument {extra[0]!r} (give one model file)")
+    for name in ("max_files", "max_batch"):
+        if getattr(args, name) < 1:
+            raise ImgclfError(f"--{name.replace('_', '-')}: expected an integer >= 1")
+    if args.max_mb <= 0 or args.batch_window_ms < 0:
+        raise ImgclfError("--max-mb must be > 0 and --batch-window-ms >= 0")
+    serve(model, host=args.host, port=args.port, max_files=args.max_files, max_bytes=int(args.max_mb * 1e6),
+          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, heatmap=args.heatmap)
     return 0
 
 
@@ -104,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="option for the model factory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="train N times (seeds seed..seed+N-1) and report mean ± std")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -113,11 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", help="separate test image folder")
     p.add_argument("--out", "-o", type=Path, help="output folder (default: <model folder>/evaluation)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (mean with the mirror image)")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write OUT/report.html (default: yes)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page for a run, "
+                                      "evaluation, study or repeats folder")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", "-o", type=Path, help="HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--robustness-n", type=int, default=500, metavar="N",
+                   help="validation images for the corruption test (0: skip it)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="one HTML page with several runs side by side")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", "-o", type=Path, default=Path("compare.html"), help="HTML file (default: compare.html)")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("predict", help="top-k classes for image files or folders")
-    p.add_argument("model", type=Path)
-    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("model", type=Path, nargs="?", help="model file (.keras or .onnx); omit with --pretrained")
+    p.add_argument("paths", nargs="*", help="image files or folders")
+    p.add_argument("--pretrained", metavar="NAME", help="use a model shipped with imgclf (cifar10)")
     p.add_argument("--top-k", "-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--csv", type=Path, metavar="OUT", help="also write the predictions to a CSV file")
@@ -126,10 +205,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models and recipes")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="export a .keras model to onnx, savedmodel or tflite (checks parity)")
+    p.add_argument("model", type=Path, help="a .keras model file")
+    p.add_argument("--format", "-f", choices=["onnx", "savedmodel", "tflite"], default="onnx")
+    p.add_argument("--out", "-o", type=Path, help="output path (default: beside the model)")
+    p.add_argument("--check-data", metavar="PATH", help="images for the parity check (default: a synthetic batch)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI): /predict, /model, /docs and a web page")
+    p.add_argument("model", type=Path, nargs="?", help="model file (.keras or .onnx); omit with --pretrained")
+    p.add_argument("--pretrained", metavar="NAME", help="serve a model shipped with imgclf (cifar10)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-files", type=int, default=16, help="images per request")
+    p.add_argument("--max-mb", type=float, default=20.0, help="request body limit in MB")
+    p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a request waits for others to batch with")
+    p.add_argument("--max-batch", type=int, default=64, help="images per model call")
+    p.add_argument("--heatmap", choices=["auto", "grad-cam", "occlusion", "none"], default="auto")
+    p.set_defaults(func=cmd_serve)
+
+    from .tuning import add_parser as add_tune_parser  # imgclf tune: hyperparameter search
+
+    add_tune_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the output
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
