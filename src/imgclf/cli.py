@@ -87,7 +87,7 @@ def cmd_evaluate(args) -> int:
 def cmd_report(args) -> int:
     from .report import make_report
 
-    print(make_report(args.run_dir, args.out, robustness_n=args.robustness_n))
+    print(make_report(args.run_dir, args.out, robustness_n=args.robustness_n, verbose=True))
     return 0
 
 
@@ -184,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "evaluation, study or repeats folder")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", "-o", type=Path, help="HTML file (default: RUN_DIR/report.html)")
-    p.add_argument("--robustness-n", type=int, default=500, metavar="N",
-                   help="validation images for the corruption test (0: skip it)")
+    p.add_argument("--robustness-n", type=int, default=None, metavar="N",
+                   help="validation images for the corruption test (default: up to 500, fewer if the report's "
+                        "time budget needs it; 0: skip it)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="one HTML page with several runs side by side")

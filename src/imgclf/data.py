@@ -16,9 +16,8 @@ import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -144,12 +143,10 @@ def decode_images(root: Path, files: list[str], size=(32, 32), resize="stretch",
     chunk = 500
     jobs = [(str(root), files[i:i + chunk], tuple(size), resize) for i in range(0, len(files), chunk)]
     workers = min(os.cpu_count() or 1, len(jobs))
-    if workers > 1:
-        # spawn, not fork: the parent may already hold TensorFlow's threads
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_decode_chunk, jobs))
-    else:
-        results = [_decode_chunk(j) for j in jobs]
+    # Threads, not processes: Pillow releases the GIL while decoding and resizing, and
+    # threads need no `if __name__ == "__main__"` guard in the user's script.
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        results = list(pool.map(_decode_chunk, jobs))
     images, errors = [], []
     for out, errs in results:
         images.extend(out)

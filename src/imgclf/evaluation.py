@@ -78,7 +78,7 @@ def _same_split(meta: dict, data: Dataset) -> bool:
 
 
 def evaluate(model: str | Path, data: str | None = None, test_data: str | None = None,
-             out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True) -> dict:
+             out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True, report: bool = True) -> dict:
     """Evaluate a model file on a dataset; returns {set: {loss, accuracy, ...}} and writes out_dir."""
 
     clf = load_classifier(model)
@@ -115,7 +115,8 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
     write_evaluation(tmp, results[held_out], clf.class_names, held_out)
     summary = {name: {k: r[k] for k in ("loss", "accuracy", "n", "confusion_matrix", "per_class")}
                for name, r in results.items()}
-    summary["model"], summary["data"], summary["own_training_images"], summary["tta"] = str(model), str(data), own, tta
+    # "data" is also the name of the held-out set's row when these are not the model's own images
+    summary["model"], summary["dataset"], summary["own_training_images"], summary["tta"] = str(model), str(data), own, tta
     write_json(tmp / "metrics.json", summary)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -128,6 +129,14 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
         print("\nconfusion matrix (rows: true, columns: predicted)\n" +
               "\n".join(" ".join(f"{v:>5d}" for v in row) for row in cm))
         print(f"\nwritten: {out_dir}/metrics.json, confusion_matrix.png, classification_report.txt", file=sys.stderr)
+    if report:  # out_dir/report.html: gallery, calibration at the stored temperature, robustness
+        from .report import EvalSet, make_report
+
+        s = sets[held_out]
+        make_report(out_dir, eval_set=EvalSet(held_out, _all_images(s), s.y, results[held_out]["probs"], list(s.files),
+                                              clf.class_names),
+                    predict=lambda x: clf.predict_proba(x, tta=tta, calibrated=False), temperature=clf.temperature,
+                    verbose=verbose)
     return results
 
 

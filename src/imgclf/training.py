@@ -35,7 +35,7 @@ from .fileio import atomic_write, write_csv, write_json
 import keras  # noqa: E402  (after the imgclf imports so that bad input fails before the slow import)
 
 from . import __version__  # noqa: E402
-from .models import create_model  # noqa: E402
+from .models import create_model, init_from_data  # noqa: E402
 from .modelfile import save_model  # noqa: E402
 
 
@@ -63,9 +63,9 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool = False, t
         cx = rng.integers(0, w, n)
         yy = np.arange(h)[None, :, None]
         xx = np.arange(w)[None, None, :]
-        half = cutout // 2
-        mask = ((np.abs(yy - cy[:, None, None]) <= half - (cutout % 2 == 0))
-                & (np.abs(xx - cx[:, None, None]) <= half - (cutout % 2 == 0)))
+        y0 = (cy - cutout // 2)[:, None, None]  # a cutout x cutout square centred at (cy, cx), clipped
+        x0 = (cx - cutout // 2)[:, None, None]
+        mask = (yy >= y0) & (yy < y0 + cutout) & (xx >= x0) & (xx < x0 + cutout)
         x = np.where(mask[..., None], np.uint8(0), x)
     return np.ascontiguousarray(x)
 
@@ -80,8 +80,9 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, images: ImageSet, batch_size: int, num_classes: int, train: bool = False,
                  seed: int = 0, cfg: TrainConfig | None = None, one_hot: bool = False,
-                 sample_weights: dict[int, float] | None = None):
+                 sample_weights: dict[int, float] | None = None, mirror: bool = False):
         super().__init__()
+        self.mirror = mirror  # every image mirrored (test-time augmentation)
         self.images, self.batch_size, self.num_classes = images, batch_size, num_classes
         self.train, self.seed, self.cfg, self.one_hot = train, seed, cfg, one_hot
         self.sample_weights = sample_weights
@@ -103,6 +104,8 @@ class Batches(keras.utils.PyDataset):
         if self.train and self.cfg is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i, 1])
             x = augment_batch(x, rng, self.cfg.augment_flip, self.cfg.augment_translate, self.cfg.augment_cutout)
+        if self.mirror:
+            x = x[:, :, ::-1]
         y = self.images.y[index]
         if self.one_hot:
             y = np.eye(self.num_classes, dtype=np.float32)[y]
@@ -127,23 +130,26 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
         return base
     rest = (progress - warm) / max(1e-9, 1 - warm)
     rest = min(max(rest, 0.0), 1.0)
+    low = base * cfg.final_lr_fraction
     if cfg.lr_schedule == "cosine":
-        return base * 0.5 * (1 + math.cos(math.pi * rest))
-    return base * (1 - rest)  # onecycle: linear warmup (above), then linear decay to 0
+        return low + (base - low) * 0.5 * (1 + math.cos(math.pi * rest))
+    return low + (base - low) * (1 - rest)  # onecycle: linear warmup (above), then linear decay
 
 
 class Schedule(keras.callbacks.Callback):
     """Sets the learning rate each batch; with a time budget, progress is elapsed / budget and
     training stops when the budget is spent."""
 
-    def __init__(self, cfg: TrainConfig, steps_per_epoch: int):
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int, n_train: int = 0, start: float | None = None):
         super().__init__()
-        self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
+        self.cfg, self.steps_per_epoch, self.n_train = cfg, steps_per_epoch, n_train
         self.epoch = 0
-        self.start = None
+        self.start = start  # the budget clock: train()'s start, so data loading counts against it
+        self.images_seen = 0  # training images this session (for the FLOP count)
 
     def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
+        if self.start is None:
+            self.start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -156,11 +162,46 @@ class Schedule(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.cfg.lr_schedule == "constant" and not self.cfg.warmup_epochs:
             return
-        self.model.optimizer.learning_rate.assign(lr_at(self.cfg, self.progress(batch)))
+        lr = lr_at(self.cfg, self.progress(batch))
+        if getattr(self.model, "_jax_state", None) is not None and hasattr(self.model, "jax_state_sync"):
+            # JAX keeps the training state outside the variables during an epoch: write it back,
+            # so that the trainer re-reads it (with this learning rate) before the next step.
+            self.model.jax_state_sync()
+        self.model.optimizer.learning_rate.assign(lr)
 
     def on_train_batch_end(self, batch, logs=None):
+        bs = self.cfg.batch_size
+        self.images_seen += max(0, min(bs, self.n_train - batch * bs)) if self.n_train else bs
         if self.cfg.time_budget and self.progress(batch) >= 1.0:
             self.model.stop_training = True
+
+
+class SwapEMA(keras.callbacks.SwapEMAWeights):
+    """Keras' SwapEMAWeights, with the non-TensorFlow swap done through numpy copies: on JAX the
+    stock swap leaves a model variable and its average holding the same buffer, which the next
+    jitted step donates twice ("Array has been deleted")."""
+
+    @staticmethod
+    def _pairs(optimizer):
+        return zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)
+
+    def _backend_swap_variables(self, optimizer):
+        for var, average in self._pairs(optimizer):
+            a = np.array(keras.ops.convert_to_numpy(var))
+            b = np.array(keras.ops.convert_to_numpy(average))
+            var.assign(b)
+            average.assign(a)
+
+    def _backend_finalize_ema_values(self, optimizer):
+        for var, average in self._pairs(optimizer):
+            average.assign(np.array(keras.ops.convert_to_numpy(var)))
+
+    def on_train_end(self, logs=None):
+        # fit() ends with optimizer.finalize_variable_values (var <- average): de-alias again
+        if keras.backend.backend() != "tensorflow":
+            for var, average in self._pairs(self.model.optimizer):
+                var.assign(np.array(keras.ops.convert_to_numpy(var)))
+                average.assign(np.array(keras.ops.convert_to_numpy(average)))
 
 
 class RunState(keras.callbacks.Callback):
@@ -278,11 +319,13 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path | None = None,
-          resume: str | Path | None = None, verbose: int = 1, callbacks=(), **overrides) -> RunResult:
+          resume: str | Path | None = None, verbose: int = 1, callbacks=(), evaluate_test: bool = True,
+          **overrides) -> RunResult:
     """Train a model and write a run directory. See the module docstring for its contents.
 
     `config` is a TrainConfig or a YAML/TOML file; keyword overrides win over both.
     `resume=RUN_DIR` continues an interrupted run from its last completed epoch.
+    `evaluate_test=False` leaves the test set untouched (hyperparameter search selects on validation only).
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -294,6 +337,11 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     else:
         cfg = make_config(config, **overrides)
 
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard: --tensorboard needs the tensorboard package (pip install tensorboard)")
     t_start = time.perf_counter()
     # Load (and check) the data before anything is written: bad input leaves no run directory.
     data = load_dataset(cfg.data, cfg.test_data, cfg.input_size, cfg.resize, cfg.val_fraction,
@@ -303,6 +351,9 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
 
     _set_determinism(cfg)
     model = build_compiled_model(cfg, num_classes)
+    # data-dependent init (fastnet's whitening layer), from an evenly spaced sample: deterministic,
+    # so a resumed run computes the same filters (and BackupAndRestore restores them anyway)
+    init_from_data(model, data.train.images(np.arange(0, len(data.train), max(1, len(data.train) // 5000))))
 
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     if resume is None:
@@ -320,9 +371,10 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
 
     cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True, delete_checkpoint=False),
            RunState(run_dir, train_batches, cfg.keep_best),
-           Schedule(cfg, len(train_batches))]
+           Schedule(cfg, len(train_batches), len(data.train), start=t_start)]
+    schedule = cbs[-1]
     if cfg.ema:
-        cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        cbs.append(SwapEMA(swap_on_epoch=True))
     if cfg.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping, mode="max"))
     if cfg.tensorboard:
@@ -330,7 +382,10 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     cbs.extend(callbacks)
 
     t_fit = time.perf_counter()
-    model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose, callbacks=cbs)
+    # shuffle=False: Batches shuffles by (seed, epoch) itself; Keras would shuffle batch order with
+    # Python's global random state, which a resumed run cannot reproduce.
+    model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose, callbacks=cbs,
+              shuffle=False)
     fit_seconds = time.perf_counter() - t_fit
 
     chosen = "final"
@@ -344,20 +399,39 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     meta = model_meta(cfg, data, model)
     history = list(csv.DictReader(open(run_dir / "history.csv", newline="")))
     sets = {"train": data.train, "val": data.val}
-    if data.test is not None:
+    if data.test is not None and evaluate_test:
         sets["test"] = data.test
-    predict = lambda x: model.predict(Batches(x, 256, num_classes), verbose=0)  # noqa: E731
-    results = {name: evaluate_arrays(predict(s), s.y) for name, s in sets.items()}
+    def predict(images: ImageSet, tta: bool) -> np.ndarray:
+        p = model.predict(Batches(images, 256, num_classes), verbose=0)
+        if tta:  # test-time augmentation: the mean with the mirror image (as Classifier does)
+            p = 0.5 * (p + model.predict(Batches(images, 256, num_classes, mirror=True), verbose=0))
+        return p
+
+    # validation first: seconds.to_final_val is when the final model's validation accuracy is known
+    results = {"val": evaluate_arrays(predict(data.val, cfg.tta), data.val.y)}
+    to_final_val = time.perf_counter() - t_start
+    for name, s in sets.items():
+        if name not in results:  # the training-set row stays plain (the seed's table); test uses TTA too
+            results[name] = evaluate_arrays(predict(s, cfg.tta and name != "train"), s.y)
+    results = {name: results[name] for name in sets}
     epoch_seconds = [float(r["epoch_seconds"]) for r in history]
     metrics = {
         **{name: {"loss": r["loss"], "accuracy": r["accuracy"], "n": r["n"]} for name, r in results.items()},
         "weights": chosen, "epochs_run": len(history),
         "seconds": {"data_load": load_seconds, "fit": fit_seconds, "per_epoch_mean": float(np.mean(epoch_seconds)),
-                    "total": time.perf_counter() - t_start},
+                    "to_final_val": to_final_val, "total": time.perf_counter() - t_start},
+        "tta": cfg.tta,
         "train_images_per_second": len(data.train) * len(history) / max(sum(epoch_seconds), 1e-9),
         "backend": keras.backend.backend(),
     }
+    from .flops import count_flops
+
+    flops = count_flops(model)
+    images_seen = schedule.images_seen + (model._initial_epoch or 0) * len(data.train)  # + resumed epochs
+    metrics["flops"] = {"forward_per_image": flops["forward"], "train_per_image": flops["train"],
+                        "train_images": images_seen, "total_train": flops["train"] * images_seen}
     meta["metrics"] = {k: metrics[k] for k in sets}
+    meta["tta"] = cfg.tta  # the metrics above are with test-time augmentation (mirror mean)
     model_path = save_model(model, run_dir / "model.keras", meta)
     write_evaluation(run_dir, results["val"], data.class_names, "val")
     write_json(run_dir / "metrics.json", metrics)
@@ -373,8 +447,8 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
             from .report import make_report
         except ImportError:  # the report module is optional until it lands
             make_report = None
-        if make_report is not None:
-            make_report(run_dir)
+        if make_report is not None:  # reuses the model, images and validation predictions in memory
+            make_report(run_dir, model=model, data=data, val_probs=results["val"]["probs"], verbose=bool(verbose))
     return RunResult(run_dir, model_path, metrics, cfg)
 
 

@@ -1,0 +1,243 @@
+"""Export a `.keras` model to runtimes without Keras, and check that the export agrees with it.
+
+    imgclf export model.keras --format onnx        -> model.onnx      (ONNX Runtime)
+    imgclf export model.keras --format savedmodel  -> model_savedmodel/  (TensorFlow Serving, TF.js, ...)
+    imgclf export model.keras --format tflite      -> model.tflite    (LiteRT; Keras calls it 'litert')
+
+Every export takes raw 0..255 RGB NHWC float32 input (the model's own Rescaling layer is part of
+the graph) and returns softmax probabilities. imgclf's metadata travels with it: inside the
+`.onnx` file (metadata_props['imgclf'], the same JSON as imgclf.json), as `assets/imgclf.json`
+inside the SavedModel folder, and as a `<name>.tflite.json` file beside a `.tflite` file.
+
+Parity check (always run; the export is refused if it fails): a fixed test batch goes through
+both the `.keras` model and the exported file; the top-1 class must agree for every image and
+every probability must be within `atol` (1e-4). The batch is real images from `check_data` (a
+folder or files) when given, else a seeded synthetic batch (noise, smooth gradients and flat
+colours; 64 images).
+
+ONNX conversion uses Keras' own `model.export(format="onnx")`, which drives tf2onnx on the
+TensorFlow backend (pip install tf2onnx onnx).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImgclfError
+
+FORMATS = ("onnx", "savedmodel", "tflite")
+SUFFIX = {"onnx": ".onnx", "savedmodel": "_savedmodel", "tflite": ".tflite"}
+ATOL = 1e-4
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    n_images: int
+    max_abs_diff: float
+    top1_agree: int  # images with the same top-1 class
+
+    @property
+    def ok(self) -> bool:
+        return self.top1_agree == self.n_images and self.max_abs_diff <= ATOL
+
+    def summary(self) -> str:
+        return (f"wrote {self.path} ({self.format}); parity on {self.n_images} images: top-1 agrees on "
+                f"{self.top1_agree}/{self.n_images}, max |dp| = {self.max_abs_diff:.2e} (limit {ATOL:g})")
+
+
+def check_batch(size: int, n: int = 64, seed: int = 0, check_data=None, resize: str = "stretch") -> np.ndarray:
+    """The parity test batch: real images from `check_data`, else seeded synthetic images."""
+    if check_data:
+        from .images import to_rgb
+        from .inference import expand_paths
+
+        files = expand_paths([check_data] if isinstance(check_data, (str, Path)) else check_data)[:n]
+        if not files:
+            raise ImgclfError(f"{check_data}: no image files found for the parity check")
+        return np.stack([to_rgb(f, (size, size), resize) for f in files])
+    rng = np.random.default_rng(seed)
+    third = n // 3
+    noise = rng.integers(0, 256, (third, size, size, 3))
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    grads = []
+    for _ in range(third):
+        a, b, c = rng.uniform(-1, 1, (3, 3))
+        grads.append(np.stack([255 * np.clip(0.5 + a[i] * xx + b[i] * yy + 0.3 * c[i], 0, 1) for i in range(3)], -1))
+    flat = np.broadcast_to(rng.integers(0, 256, (n - 2 * third, 1, 1, 3)), (n - 2 * third, size, size, 3))
+    return np.concatenate([noise, np.stack(grads), flat]).astype(np.uint8)
+
+
+def default_output(model_path: Path, fmt: str) -> Path:
+    return model_path.with_name(model_path.stem + SUFFIX[fmt])
+
+
+def _export_onnx(model, meta: dict, tmp: Path) -> Path:
+    try:
+        import onnx
+        import tf2onnx  # noqa: F401  (Keras needs it for format="onnx" on TensorFlow)
+    except ImportError as e:
+        raise ImgclfError(f"export --format onnx needs the onnx and tf2onnx packages ({e.name} is missing: "
+                          "pip install onnx tf2onnx)") from None
+    raw = tmp / "raw.onnx"
+    model.export(str(raw), format="onnx", verbose=False)
+    proto = _rewrite_erfc(onnx.load(str(raw)))
+    for prop in list(proto.metadata_props):
+        if prop.key == "imgclf":
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "imgclf", json.dumps(meta, sort_keys=True)
+    proto.producer_name = "imgclf"
+    out = tmp / "model.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+def _rewrite_erfc(proto):
+    """tf2onnx leaves TensorFlow's Erfc (in exact GELU: 0.5 x erfc(-x / sqrt 2)) as an op that ONNX
+    does not have; rewrite each one as 1 - Erf(x), which is exact."""
+    from onnx import helper, numpy_helper
+
+    nodes = list(proto.graph.node)
+    if not any(n.op_type == "Erfc" and n.domain in ("", "ai.onnx") for n in nodes):
+        return proto
+    one = "imgclf_one"
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+    rewritten = []
+    for n in nodes:
+        if n.op_type == "Erfc" and n.domain in ("", "ai.onnx"):
+            erf = n.output[0] + "_erf"
+            rewritten.append(helper.make_node("Erf", [n.input[0]], [erf], name=n.name + "_erf"))
+            rewritten.append(helper.make_node("Sub", [one, erf], [n.output[0]], name=n.name + "_one_minus"))
+        else:
+            rewritten.append(n)
+    del proto.graph.node[:]
+    proto.graph.node.extend(rewritten)
+    return proto
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    from .onnx_runtime import OnnxClassifier
+
+    return OnnxClassifier(path)._raw_probs(x)
+
+
+def _export_savedmodel(model, meta: dict, tmp: Path) -> Path:
+    out = tmp / "savedmodel"
+    model.export(str(out), format="tf_saved_model", verbose=False)
+    (out / "assets").mkdir(exist_ok=True)
+    (out / "assets" / "imgclf.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return out
+
+
+def _run_savedmodel(path: Path, x: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))  # keep a reference: its variables die with it
+    return np.asarray(loaded.serve(x.astype(np.float32)))
+
+
+def _export_tflite(model, meta: dict, tmp: Path) -> Path:
+    out = tmp / "model.tflite"
+    model.export(str(out), format="litert", verbose=False)
+    return out
+
+
+def _tflite_interpreter(path: Path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # the successor of tf.lite.Interpreter
+    except ImportError:
+        import warnings
+
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tf.lite.Interpreter(str(path))
+    return Interpreter(str(path))
+
+
+def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    it = _tflite_interpreter(path)
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    it.resize_tensor_input(inp["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x.astype(np.float32))
+    it.invoke()
+    return np.asarray(it.get_tensor(outp["index"]))
+
+
+EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "savedmodel": (_export_savedmodel, _run_savedmodel),
+             "tflite": (_export_tflite, _run_tflite)}
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Move the finished export into place (a folder replaces an older folder of the same name)."""
+    if src.is_dir():
+        old = None
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old{os.getpid()}")
+            os.replace(dst, old)
+        os.replace(src, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, check_data=None,
+           n_check: int = 64) -> ExportResult:
+    """Export `model_path` (.keras) to `fmt`, check parity, and write it to `out` atomically.
+
+    Raises ImgclfError (and writes nothing) if the exported file disagrees with the .keras model.
+    """
+    model_path = Path(model_path)
+    if fmt not in FORMATS:
+        raise ImgclfError(f"--format: unknown export format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    if model_path.suffix != ".keras":
+        raise ImgclfError(f"{model_path}: export needs a .keras model (got {model_path.suffix or 'no suffix'})")
+    out = Path(out) if out else default_output(model_path, fmt)
+    if fmt == "tflite" and out.suffix != ".tflite":
+        raise ImgclfError(f"{out}: a TFLite export must end in .tflite")
+    if fmt == "onnx" and out.suffix != ".onnx":
+        raise ImgclfError(f"{out}: an ONNX export must end in .onnx")
+    from .modelfile import load_model
+
+    model, meta = load_model(model_path)
+    meta = {**meta, "exported_from": model_path.name, "export_format": fmt}
+    size = int(meta["input_size"])
+    x = check_batch(size, n_check, check_data=check_data, resize=meta["resize"])
+    expected = np.asarray(model.predict_on_batch(x.astype(np.float32)), dtype=np.float32)
+
+    make, run = EXPORTERS[fmt]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".imgclf-export-", dir=out.parent) as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            written = make(model, meta, tmp)
+        except ImgclfError:
+            raise
+        except Exception as e:  # converters raise anything; the user needs one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ImgclfError(f"{model_path}: {fmt} export failed ({first[:300]})") from None
+        got = run(written, x)
+        result = ExportResult(out, fmt, len(x), float(np.abs(got - expected).max()),
+                              int((got.argmax(1) == expected.argmax(1)).sum()))
+        if not result.ok:
+            raise ImgclfError(f"{model_path}: the {fmt} export disagrees with the .keras model (top-1 agrees on "
+                              f"{result.top1_agree}/{result.n_images}, max |dp| = {result.max_abs_diff:.2e} > "
+                              f"{ATOL:g}); nothing written")
+        if fmt == "tflite":
+            side = out.with_name(out.name + ".json")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+            os.replace(tmp / "meta.json", side)
+        _replace(written, out)
+    return result

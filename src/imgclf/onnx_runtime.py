@@ -1,0 +1,90 @@
+"""Run an exported imgclf model on ONNX Runtime: no TensorFlow, no Keras.
+
+An imgclf `.onnx` file is the model graph (raw 0..255 RGB NHWC float input, softmax
+probabilities out) plus imgclf's metadata: the same JSON as the `imgclf.json` member of a
+`.keras` file, stored in the ONNX model's `metadata_props` under the key `imgclf`.
+`imgclf export MODEL --format onnx` writes such files; this module only reads them.
+
+This module must never import tensorflow or keras (the slim serving install has neither).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImgclfError
+from .inference import Classifier
+
+META_KEY = "imgclf"
+REQUIRED_META = ("class_names", "input_size", "resize")
+
+
+def _session(path: Path, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImgclfError(f"{path}: running .onnx models needs onnxruntime (pip install onnxruntime)") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    if os.environ.get("IMGCLF_ORT_SPIN", "0") != "1":
+        # ORT's worker threads busy-wait between runs by default; on a small machine that steals the
+        # CPU the server's event loop and image decoding need (IMGCLF_ORT_SPIN=1 turns it back on).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImgclfError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+
+
+def read_onnx_meta(session, path: Path) -> dict:
+    props = session.get_modelmeta().custom_metadata_map
+    if META_KEY not in props:
+        raise ImgclfError(f"{path}: no '{META_KEY}' metadata inside (expected a model exported by imgclf export)")
+    try:
+        meta = json.loads(props[META_KEY])
+    except json.JSONDecodeError:
+        raise ImgclfError(f"{path}: the '{META_KEY}' metadata is not valid JSON") from None
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ImgclfError(f"{path}: '{META_KEY}' metadata lacks {', '.join(missing)}")
+    return meta
+
+
+class OnnxClassifier(Classifier):
+    """A `.onnx` model exported by imgclf, run by ONNX Runtime on the CPU.
+
+    `threads` sets ONNX Runtime's intra-op threads (default: IMGCLF_ORT_THREADS, else ORT's own
+    choice, one per physical core).
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path, threads: int | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise ImgclfError(f"{path}: model file not found")
+        threads = threads or (int(os.environ["IMGCLF_ORT_THREADS"]) if os.environ.get("IMGCLF_ORT_THREADS") else None)
+        self.session = _session(path, threads)
+        meta = read_onnx_meta(self.session, path)
+        super().__init__(path, meta)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.uint8 if "uint8" in inp.type else np.float32
+        shape = inp.shape
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ImgclfError(f"{path}: expected an NHWC RGB input, the model takes {inp.name}{shape}")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+
+    def _raw_probs(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        if self.fixed_batch is not None and len(x) != self.fixed_batch:  # a graph with a fixed batch size
+            return np.concatenate([self._raw_probs(x[i:i + 1]) for i in range(len(x))])
+        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)

@@ -1,0 +1,234 @@
+"""Issue 4 (fast training): augmentation, schedules, FLOP counting, fastnet and its recipes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_folder
+from imgclf.config import RECIPES, make_config
+from imgclf.errors import ConfigError
+from imgclf.flops import count_flops
+from imgclf.models import create_model, init_from_data, whitening_filters
+from imgclf.training import Batches, augment_batch, lr_at, train
+from imgclf.data import ImageSet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def known_batch(n=8, h=6, w=5):
+    """Every pixel distinct: value encodes (image, row, column, channel)."""
+    i, r, c, ch = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), np.arange(3), indexing="ij")
+    return ((i * 31 + r * 7 + c * 3 + ch) % 251).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# augmentation
+# ---------------------------------------------------------------------------------------
+
+def test_flip_mirrors_some_images_and_keeps_the_rest():
+    x = known_batch(n=64)
+    out = augment_batch(x, np.random.default_rng(0), flip=True)
+    flipped = [bool((o == xi[:, ::-1]).all()) for o, xi in zip(out, x)]
+    same = [bool((o == xi).all()) for o, xi in zip(out, x)]
+    assert all(f != s for f, s in zip(flipped, same))  # each image exactly one of the two
+    assert 10 < sum(flipped) < 54 and out.dtype == np.uint8 and out.shape == x.shape
+
+
+def test_translate_is_a_crop_of_the_reflect_padded_image():
+    x = known_batch(n=40)
+    t = 2
+    out = augment_batch(x, np.random.default_rng(1), translate=t)
+    offsets = set()
+    for o, xi in zip(out, x):
+        padded = np.pad(xi, ((t, t), (t, t), (0, 0)), mode="reflect")
+        hits = [(dy, dx) for dy in range(2 * t + 1) for dx in range(2 * t + 1)
+                if (padded[dy:dy + x.shape[1], dx:dx + x.shape[2]] == o).all()]
+        assert hits, "output is not a crop of the padded image"
+        offsets.add(hits[0])
+    assert len(offsets) > 5  # offsets vary across the batch
+    assert (augment_batch(x, np.random.default_rng(1)) == x).all()  # no augmentation: identity
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = np.full((50, 16, 16, 3), 200, np.uint8)
+    out = augment_batch(x, np.random.default_rng(2), cutout=4)
+    for o in out:
+        zero = (o == 0).all(axis=-1)
+        assert 0 < zero.sum() <= 16 and ((o == 0) | (o == 200)).all()
+        rows, cols = np.flatnonzero(zero.any(axis=1)), np.flatnonzero(zero.any(axis=0))
+        # the zeroed pixels form one solid rectangle of side <= 4 (clipped at the border)
+        assert zero.sum() == len(rows) * len(cols) and len(rows) <= 4 and len(cols) <= 4
+        assert np.ptp(rows) + 1 == len(rows) and np.ptp(cols) + 1 == len(cols)
+    interior = [int((o == 0).all(axis=-1).sum()) for o in out]
+    assert 16 in interior  # a cutout away from the border is the full 4x4 square
+
+
+def test_batches_are_deterministic_per_seed_and_epoch():
+    rng = np.random.default_rng(0)
+    images = ImageSet(rng.integers(0, 10, 100), [f"{i}" for i in range(100)],
+                      rng.integers(0, 256, (100, 8, 8, 3)).astype(np.uint8))
+    cfg = make_config(augment_flip=True, augment_translate=2, augment_cutout=3)
+    a = Batches(images, 32, 10, train=True, seed=5, cfg=cfg)
+    b = Batches(images, 32, 10, train=True, seed=5, cfg=cfg)
+    xa, ya = a[1]
+    xb, yb = b[1]
+    assert (xa == xb).all() and (ya == yb).all() and xa.dtype == np.float32
+    a.set_epoch(1)
+    assert not (a[1][0] == xb).all()
+    c = Batches(images, 32, 10, train=True, seed=6, cfg=cfg)
+    assert not (c[1][0] == xb).all()
+    b.set_epoch(1)
+    assert (a[2][0] == b[2][0]).all()  # reproducible after moving between epochs (resume)
+
+
+def test_augmentation_is_fast_enough():
+    """Vectorised: a 512-image batch with every augmentation on takes a few ms, far below a step."""
+    x = np.random.default_rng(0).integers(0, 256, (512, 32, 32, 3)).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    augment_batch(x, rng, True, 2, 8)
+    t = time.process_time()  # CPU time: not inflated by other processes on a busy machine
+    for _ in range(5):
+        augment_batch(x, rng, True, 2, 8)
+    assert (time.process_time() - t) / 5 < 0.1
+
+
+# ---------------------------------------------------------------------------------------
+# learning-rate schedules
+# ---------------------------------------------------------------------------------------
+
+def test_lr_schedule_values():
+    cfg = make_config(learning_rate=0.4, epochs=10, warmup_epochs=2, lr_schedule="onecycle")
+    assert lr_at(cfg, 0.0) == 0.0
+    assert lr_at(cfg, 0.1) == pytest.approx(0.2)  # halfway through warmup
+    assert lr_at(cfg, 0.2) == pytest.approx(0.4)  # peak
+    assert lr_at(cfg, 0.6) == pytest.approx(0.2)  # linear decay
+    assert lr_at(cfg, 1.0) == pytest.approx(0.0, abs=1e-9)
+    cos = make_config(learning_rate=1.0, epochs=10, lr_schedule="cosine")
+    assert lr_at(cos, 0.5) == pytest.approx(0.5) and lr_at(cos, 0.0) == pytest.approx(1.0)
+    const = make_config(learning_rate=0.3)
+    assert lr_at(const, 0.7) == 0.3
+    floor = make_config(learning_rate=1.0, epochs=10, lr_schedule="onecycle", warmup_epochs=0, final_lr_fraction=0.1)
+    assert lr_at(floor, 1.0) == pytest.approx(0.1) and lr_at(floor, 0.5) == pytest.approx(0.55)
+
+
+# ---------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------
+
+def test_count_flops_matches_a_hand_count_on_seed_cnn():
+    m = create_model("seed_cnn", 10, (32, 32, 3))
+    macs = (32 * 32 * 9 * 3 * 32  # conv1: 32x32 output, 3x3x3 kernel, 32 filters
+            + 32 * 32 * 9 * 32 * 32  # conv2
+            + 16 * 16 * 9 * 32 * 64  # conv3 (after 2x2 pooling)
+            + 16 * 16 * 9 * 64 * 64  # conv4
+            + 8 * 8 * 64 * 10)  # dense on the 4096 flattened features
+    c = count_flops(m)
+    assert c["forward"] == 2 * macs == 49_037_312
+    assert c["train"] == 3 * c["forward"]
+    assert set(c["layers"]) == {"conv1", "conv2", "conv3", "conv4", "probs"}
+
+
+def test_count_flops_on_fastnet_is_airbench_sized():
+    c = count_flops(create_model("fastnet", 10, (32, 32, 3)))
+    # whiten 31x31x(2x2x3)x24, group convs at 31/15/7/3 pixels, linear 256 -> 10
+    macs = (31 * 31 * 12 * 24 + 31 * 31 * 9 * 24 * 64 + 15 * 15 * 9 * 64 * 64 + 15 * 15 * 9 * 64 * 256
+            + 7 * 7 * 9 * 256 * 256 + 7 * 7 * 9 * 256 * 256 + 3 * 3 * 9 * 256 * 256 + 256 * 10)
+    assert c["forward"] == 2 * macs
+
+
+# ---------------------------------------------------------------------------------------
+# fastnet and the recipes
+# ---------------------------------------------------------------------------------------
+
+def test_whitening_filters_whiten_patches():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (200, 16, 16, 1))
+    x = np.clip(np.concatenate([base, base * 0.5 + 60, 255 - base], axis=-1)
+                + rng.normal(0, 20, (200, 16, 16, 3)), 0, 255).astype(np.uint8)  # correlated channels
+    kernel, bias = whitening_filters(x, kernel=2, width=8)
+    assert kernel.shape == (2, 2, 3, 8) and bias.shape == (8,)
+    assert np.allclose(kernel[..., :4], -kernel[..., 4:])
+    patches = np.stack([x[:, i:15 + i, j:15 + j] for i in range(2) for j in range(2)], axis=3)
+    p = patches.reshape(-1, 12).astype(np.float64) / 255
+    out = p @ kernel.reshape(12, 8)[:, :4] + bias[:4]
+    assert np.allclose(out.mean(axis=0), 0, atol=1e-3)
+    assert np.allclose(np.cov(out, rowvar=False), np.eye(4), atol=0.05)
+
+
+def test_fastnet_builds_initialises_and_recipes_resolve():
+    m = create_model("fastnet", 10, (32, 32, 3), widths=(8, 16, 16), whiten_width=6)
+    x = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3)).astype(np.uint8)
+    before = m.get_layer("whiten").get_weights()[0].copy()
+    assert init_from_data(m, x) is True
+    assert not np.allclose(before, m.get_layer("whiten").get_weights()[0])
+    assert not m.get_layer("whiten").trainable
+    p = np.asarray(m.predict(x.astype(np.float32), verbose=0))
+    assert p.shape == (20, 10) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    assert init_from_data(create_model("seed_cnn"), x) is False
+    for name in ("fast80", "fast94", "budget"):
+        cfg = make_config(recipe=name)
+        assert cfg.model == "fastnet" and cfg.recipe == name
+    with pytest.raises(ConfigError, match="widths"):
+        create_model("fastnet", widths=(8, 16))
+
+
+def test_fast80_recipe_learns_real_images(cifar_jpeg, tmp_path):
+    """fast80 squeezed to 6 epochs on 600 real CIFAR-10 images: far above chance (10%)."""
+    run = train(recipe="fast80", data=str(cifar_jpeg), limit_per_class=60, val_fraction=0.2, epochs=6,
+                batch_size=64, learning_rate=0.05, warmup_epochs=1, run_dir=tmp_path / "run", verbose=0, report=False)
+    assert run.metrics["val"]["accuracy"] > 0.25, run.metrics["val"]
+    assert run.metrics["flops"]["train_per_image"] == 3 * run.metrics["flops"]["forward_per_image"]
+    assert run.metrics["flops"]["total_train"] > 0
+
+
+def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path):
+    run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, time_budget=25,
+                batch_size=8, model_options={"widths": [8, 16, 16], "whiten_width": 6},
+                run_dir=tmp_path / "run", verbose=0, report=False)
+    assert 25 <= run.metrics["seconds"]["data_load"] + run.metrics["seconds"]["fit"] < 60
+    import csv
+
+    rows = list(csv.DictReader(open(run.run_dir / "history.csv")))
+    assert len(rows) >= 2
+    assert float(rows[-1]["lr"]) < 0.2 * float(make_config(recipe="fast80").learning_rate)  # decayed
+
+
+def test_seeded_fast_runs_are_deterministic(colour_folder, tmp_path):
+    kw = dict(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=2, batch_size=8,
+              model_options={"widths": [8, 16, 16], "whiten_width": 6}, verbose=0, report=False)
+    a = train(run_dir=tmp_path / "a", **kw)
+    b = train(run_dir=tmp_path / "b", **kw)
+    ha = (a.run_dir / "history.csv").read_text().splitlines()
+    hb = (b.run_dir / "history.csv").read_text().splitlines()
+    strip = lambda rows: [r.rsplit(",", 1)[0] for r in rows]  # noqa: E731  (drop epoch_seconds)
+    assert strip(ha) == strip(hb)
+
+
+def test_fast_training_runs_on_the_jax_backend(tmp_path):
+    data = make_folder(tmp_path / "colours", per_class=10)
+    code = (
+        "import json, keras, imgclf\n"
+        f"run = imgclf.train(recipe='fast80', data={str(data)!r}, val_fraction=0.3, epochs=1, batch_size=10,"
+        " model_options={'widths': [8, 16, 16], 'whiten_width': 6},"
+        f" run_dir={str(tmp_path / 'run')!r}, verbose=0, report=False)\n"
+        "from imgclf.inference import load_classifier\n"
+        "c = load_classifier(run.model_path)\n"
+        "p = c.predict_proba(c.load_images([str(next((run.run_dir.parent / 'colours' / 'red').iterdir()))]), tta=True)\n"
+        "print(json.dumps({'backend': keras.backend.backend(), 'sum': float(p.sum()),"
+        " 'meta_backend': c.meta['backend']}))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax" and result["meta_backend"] == "jax"
+    assert result["sum"] == pytest.approx(1.0, abs=1e-4)
