@@ -181,6 +181,7 @@ def test_fastnet_builds_initialises_and_recipes_resolve():
         create_model("fastnet", widths=(8, 16))
 
 
+@pytest.mark.slow
 def test_fast80_recipe_learns_real_images(cifar_jpeg, tmp_path):
     """fast80 squeezed to 6 epochs on 600 real CIFAR-10 images: far above chance (10%)."""
     run = train(recipe="fast80", data=str(cifar_jpeg), limit_per_class=60, val_fraction=0.2, epochs=6,

@@ -348,6 +348,7 @@ def test_train_objective_study_validation_only_and_best_config_reproduces(tmp_pa
     test = result.summary["test"]
     assert test["n"] == 8 and 0.0 <= test["accuracy"] <= 1.0 and test["trial"] == result.best["trial"]
     assert (out / "test" / "metrics.json").is_file()
+    assert 'id="trials"' in (out / "report.html").read_text()  # tune ends with its HTML report
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert all(float(r["peak_rss_mb"]) > 0 and int(r["epochs_run"]) == 2 for r in rows)
 

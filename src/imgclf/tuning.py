@@ -936,8 +936,10 @@ def make_pruner(space: Space):
 
     epochs = space.trial_epochs
     if space.pruner == "median":
+        # after a few finished trials, a trial below the median at the same epoch stops (from epoch 1;
+        # never at its last epoch, see TrialContext.report)
         return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, space.budget_trials // 4)),
-                                           n_warmup_steps=1 if epochs > 2 else 0)
+                                           n_warmup_steps=0)
     if space.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if space.pruner == "hyperband":
@@ -1483,7 +1485,8 @@ def tune(space_file: str | Path | None = None, *, data: str | None = None, test_
          out_dir: str | Path | None = None, sampler: str | None = None, pruner: str | None = None,
          trials: int | None = None, epochs: int | None = None, time_budget=None, trial_time=None,
          base: dict | None = None, objective=None, test: bool = True, progress: bool = True,
-         threads_per_worker: int | None = None, plots: bool = True, isolate: str | None = None) -> TuneResult:
+         threads_per_worker: int | None = None, plots: bool = True, isolate: str | None = None,
+         report: bool = True) -> TuneResult:
     """Run (or continue) a hyperparameter search. See the module docstring for the files written.
 
     `resume=True` continues the study named by the space file / --study (it must exist);
@@ -1609,6 +1612,10 @@ def tune(space_file: str | Path | None = None, *, data: str | None = None, test_
     if test and finished and fn is train_objective:
         summary["test"] = evaluate_best_on_test(summary, study_dir, data, test_data)
     write_json(study_dir / "summary.json", summary)
+    if report and counts["done"]:
+        from .report import make_report
+
+        make_report(study_dir)  # study_dir/report.html: trials table, search plots, best trial
     if counts["done"] == 0 and counts["failed"]:
         reasons = [r.get("note") for r in trial_rows(the_study, space) if r["state"] == "fail" and r.get("note")]
         raise ImgclfError(f"study {name}: every trial failed ({reasons[0] if reasons else 'see logs'}; "
@@ -1683,6 +1690,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads-per-worker", type=int, help="CPU threads per worker (default cores / workers)")
     p.add_argument("--no-test", action="store_true", help="do not evaluate the best model on the test set")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they take a few seconds)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--isolate", choices=("process", "none"),
                    help="run each trial in a fresh process (default for training: memory stays flat)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -1707,7 +1715,7 @@ def cmd_tune(args) -> int:
                       trial_time=args.trial_time, base=base or None, objective=args.objective,
                       test=not args.no_test, progress=not args.quiet,
                       threads_per_worker=args.threads_per_worker, plots=not args.no_plots,
-                      isolate=args.isolate)
+                      isolate=args.isolate, report=not args.no_report)
     except KeyboardInterrupt:
         return 130
     print_summary(result)
