@@ -442,13 +442,10 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     if verbose:
         print(results_table(metrics))
         print(f"run directory: {run_dir}")
-    if cfg.report:
-        try:
-            from .report import make_report
-        except ImportError:  # the report module is optional until it lands
-            make_report = None
-        if make_report is not None:  # reuses the model, images and validation predictions in memory
-            make_report(run_dir, model=model, data=data, val_probs=results["val"]["probs"], verbose=bool(verbose))
+    if cfg.report:  # reuses the model, images and validation predictions in memory
+        from .report import make_report
+
+        make_report(run_dir, model=model, data=data, val_probs=results["val"]["probs"], verbose=bool(verbose))
     return RunResult(run_dir, model_path, metrics, cfg)
 
 
