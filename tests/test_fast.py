@@ -195,7 +195,8 @@ def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, time_budget=25,
                 batch_size=8, model_options={"widths": [8, 16, 16], "whiten_width": 6},
                 run_dir=tmp_path / "run", verbose=0, report=False)
-    assert 25 <= run.metrics["seconds"]["data_load"] + run.metrics["seconds"]["fit"] < 60
+    # the budget clock starts with train() (data loading and model building count against it)
+    assert 25 <= run.metrics["seconds"]["total"] < 60
     import csv
 
     rows = list(csv.DictReader(open(run.run_dir / "history.csv")))
