@@ -118,18 +118,8 @@ def calibrate(probs: np.ndarray, y: np.ndarray, seed: int = 0, n_bins: int = N_B
         raise ImgclfError(f"calibration: need at least 4 validation images, got {len(y)}")
     fit_idx, eval_idx = split_halves(y, seed)
     t = fit_temperature(probs[fit_idx], y[fit_idx])
-    before, yb = probs[eval_idx], y[eval_idx]
-    after = apply_temperature(before, t)
-    return {
-        "temperature": t, "fit_n": int(len(fit_idx)), "eval_n": int(len(eval_idx)), "seed": seed,
-        "n_bins": n_bins,
-        "ece_before": expected_calibration_error(before, yb, n_bins),
-        "ece_after": expected_calibration_error(after, yb, n_bins),
-        "nll_before": nll(before, yb), "nll_after": nll(after, yb),
-        "accuracy": float((before.argmax(1) == yb).mean()),
-        "bins_before": reliability_bins(before, yb, n_bins),
-        "bins_after": reliability_bins(after, yb, n_bins),
-    }
+    return {**assess(probs[eval_idx], y[eval_idx], t, n_bins), "temperature": t,
+            "fit_n": int(len(fit_idx)), "seed": seed}
 
 
 def assess(probs: np.ndarray, y: np.ndarray, temperature: float, n_bins: int = N_BINS) -> dict:
