@@ -35,7 +35,8 @@ import numpy as np
 
 DEFAULT_DATA = Path(os.environ.get("IMGCLF_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")) \
     / "datasets" / "cifar10-jpeg"
-TARGET = 0.8046
+TARGET = 0.8046  # the seed README's test accuracy
+TARGET94 = 0.93  # issue 4's fast94 target (validation accuracy)
 
 
 def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
@@ -198,10 +199,14 @@ def timed_run(name: str, out: Path, **kw) -> dict:
     for point in curve:  # cumulative training FLOPs at each epoch end
         seen = min(point["epoch"] * n_train, m["flops"]["train_images"])
         point["train_pflop"] = per_image * seen / 1e15
-    reached = next((p["wall_s"] for p in curve if p["val_accuracy"] >= TARGET), None)
-    if reached is None and m["val"]["accuracy"] >= TARGET:  # reached by the final model (with the recipe's TTA)
-        reached = m["seconds"]["to_final_val"]
-    return {"name": name, "config": {k: v for k, v in kw.items() if k != "data"}, "recipe": kw.get("recipe"),
+    def first_reach(target, key):
+        hit = next((p[key] for p in curve if p["val_accuracy"] >= target), None)
+        if hit is None and m["val"]["accuracy"] >= target:  # reached by the final model (with the recipe's TTA)
+            hit = m["seconds"]["to_final_val"] if key == "wall_s" else m["flops"]["total_train"] / 1e15
+        return hit
+
+    reached = first_reach(TARGET, "wall_s")
+    return {"name": name, "time_to_93_s": first_reach(TARGET94, "wall_s"), "pflop_to_93": first_reach(TARGET94, "train_pflop"), "config": {k: v for k, v in kw.items() if k != "data"}, "recipe": kw.get("recipe"),
             "time_to_target_s": reached, "final_val_accuracy": m["val"]["accuracy"],
             "final_train_accuracy": m["train"]["accuracy"], "total_s": total, "data_load_s": m["seconds"]["data_load"],
             "to_final_val_s": m["seconds"]["to_final_val"], "tta": m.get("tta", False),
@@ -257,6 +262,9 @@ def main() -> int:
     p.add_argument("--budget", default="30m", help="the time-budget run's wall-clock budget")
     p.add_argument("--budget-recipe", default="budget")
     p.add_argument("--fast94-epochs", type=float, default=None, help="cut fast94 short: train this many epochs")
+    p.add_argument("--fast94-seeds", default="0", help="fast94 seeds")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the fast94 runs (a variant of the recipe), repeatable")
     p.add_argument("--out", type=Path, default=Path("runs/bench-fast"))
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-steps", type=int, default=12)
@@ -326,7 +334,19 @@ def main() -> int:
         if args.fast94_epochs:  # the whole schedule squeezed into fewer epochs (warmup stays 20% of it)
             kw["epochs"] = max(1, int(round(args.fast94_epochs)))
             kw["warmup_epochs"] = 0.2 * kw["epochs"]
-        record(timed_run("fast94", args.out, data=args.data, recipe="fast94", **kw))
+        for item in args.set:
+            key, _, value = item.partition("=")
+            kw[key.strip().replace("-", "_")] = value.strip()
+        variant = " ".join(f"{k}={v}" for k, v in kw.items())
+        for s in [int(v) for v in args.fast94_seeds.split(",")]:
+            r = timed_run(f"fast94 seed {s}" + (f" {variant}" if variant else ""), args.out, data=args.data,
+                          recipe="fast94", seed=s, **kw)
+            record(r)
+            to93 = f"{r['time_to_93_s']:.0f} s, {r['pflop_to_93']:.3f} PFLOPs" if r["time_to_93_s"] else "never"
+            print(f"  fast94 to 93%: {to93}; accuracy against training compute (without TTA):", flush=True)
+            for point in r["curve"]:
+                print(f"    epoch {point['epoch']:>2}: {point['train_pflop']:.3f} PFLOPs, "
+                      f"val {100 * point['val_accuracy']:.2f}%, {point['wall_s']:.0f} s", flush=True)
 
     runs = results["runs"]
     if runs:

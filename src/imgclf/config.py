@@ -84,13 +84,17 @@ RECIPES.update({
     # the seed's 80.46% in about 3 minutes on a 2-core CPU: a narrow fastnet (40 MFLOPs), 4 epochs
     "fast80": {**_FAST, "model_options": {"widths": [32, 64, 128]}, "epochs": 4, "batch_size": 256,
                "learning_rate": 0.3, "warmup_epochs": 0.8},
-    # airbench94-class: the full-width fastnet (236 MFLOPs), 10 epochs = 0.32 PFLOPs on 45,000 images
+    # airbench94-sized: the full-width fastnet (236 MFLOPs), 10 epochs = 0.32 PFLOPs on 45,000 images.
+    # Measured on an H100 (JAX): 88.2% val, short of the 93% aimed at; lr 0.1 and label smoothing 0.1
+    # beat the fast80 values here (lr 0.3, LS 0.2: 85.5-86.5% over 3 seeds). See README.
     "fast94": {**_FAST, "model_options": {"widths": [64, 256, 256]}, "epochs": 10, "batch_size": 256,
-               "learning_rate": 0.3, "warmup_epochs": 2, "final_lr_fraction": 0.05},
+               "learning_rate": 0.1, "label_smoothing": 0.1, "warmup_epochs": 2, "final_lr_fraction": 0.05},
     # for --time-budget (default 30 minutes): a mid-size fastnet (130 MFLOPs) whose schedule is
     # spread over the wall-clock budget; warmup = warmup_epochs / epochs of the budget
+    # (lr 0.1 and label smoothing 0.1, as fast94: the better values measured for the wider nets)
     "budget": {**_FAST, "model_options": {"widths": [64, 128, 256]}, "epochs": 10, "batch_size": 256,
-               "learning_rate": 0.3, "warmup_epochs": 2, "final_lr_fraction": 0.02, "time_budget": 1800.0},
+               "learning_rate": 0.1, "label_smoothing": 0.1, "warmup_epochs": 2, "final_lr_fraction": 0.02,
+               "time_budget": 1800.0},
 })
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
