@@ -163,8 +163,10 @@ def test_onnx_without_metadata_or_garbage(keras_model, tmp_path):
 
 
 def test_fastnet_exports_and_explains(tmp_path, real_images):
-    """The fast model: exact GELU (erfc, which tf2onnx leaves unconverted) is rewritten as 1 - erf;
-    Grad-CAM finds its last spatial layer."""
+    """The fast model: exact GELU (erfc, which tf2onnx leaves unconverted) is rewritten in the
+    textbook erf form that ONNX Runtime fuses; Grad-CAM finds its last spatial layer."""
+    import collections
+
     import onnx
 
     from imgclf.export import export
@@ -174,8 +176,29 @@ def test_fastnet_exports_and_explains(tmp_path, real_images):
     path = make_tiny_model(tmp_path / "fast.keras", model="fastnet", widths=(16, 32, 32))
     result = export(path, "onnx", check_data=real_images)
     assert result.ok and result.top1_agree == 24
-    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
-    assert "Erfc" not in ops and "Erf" in ops
+    ops = collections.Counter(n.op_type for n in onnx.load(str(result.path)).graph.node)
+    gelus = 7  # the whitening layer and two per group
+    assert ops["Erfc"] == 0 and ops["Erf"] == gelus and ops["Div"] == gelus and ops["Neg"] == 0, ops
     cam = GradCam(load_model(path)[0])
     heat, probs = cam(np.zeros((32, 32, 3), np.uint8) + 100)
     assert cam.layer_name == "g3_act2" and heat.shape == (32, 32) and probs.shape == (10,)
+
+
+def test_a_lone_erfc_becomes_one_minus_erf():
+    """An Erfc that is not part of a GELU still gets rewritten, exactly (ONNX has no Erfc)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from scipy.special import erfc
+
+    from imgclf.export import _rewrite_erfc
+
+    graph = helper.make_graph([helper.make_node("Erfc", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])])
+    proto = _rewrite_erfc(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]))
+    assert [n.op_type for n in proto.graph.node] == ["Erf", "Sub"]
+    onnx.checker.check_model(proto)
+    x = np.linspace(-2, 2, 5, dtype=np.float32)
+    y = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(y, erfc(x), atol=1e-6)

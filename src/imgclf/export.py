@@ -102,25 +102,106 @@ def _export_onnx(model, meta: dict, tmp: Path) -> Path:
 
 
 def _rewrite_erfc(proto):
-    """tf2onnx leaves TensorFlow's Erfc (in exact GELU: 0.5 x erfc(-x / sqrt 2)) as an op that ONNX
-    does not have; rewrite each one as 1 - Erf(x), which is exact."""
+    """tf2onnx leaves TensorFlow's Erfc as an op that ONNX does not have. It comes from exact GELU,
+    0.5 x erfc(-x / sqrt 2), which tf2onnx writes as Neg -> Mul -> [Transpose] -> Erfc -> Mul with
+    [Transpose](Mul(0.5, x)). Where that whole pattern is found, rewrite it on x as the textbook
+    form Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5 (then the same Transpose): the same
+    numbers, and ONNX Runtime fuses it into one Gelu kernel (about 10% faster for fastnet in an A/B
+    run here). Any other Erfc(t) becomes 1 - Erf(t), which is exact."""
     from onnx import helper, numpy_helper
 
-    nodes = list(proto.graph.node)
+    graph = proto.graph
+    nodes = list(graph.node)
     if not any(n.op_type == "Erfc" and n.domain in ("", "ai.onnx") for n in nodes):
         return proto
-    one = "imgclf_one"
-    proto.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
-    rewritten = []
+    producer = {out: n for n in nodes for out in n.output}
+    consumers: dict[str, list] = {}
     for n in nodes:
-        if n.op_type == "Erfc" and n.domain in ("", "ai.onnx"):
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in nodes:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            constants[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def made_by(name, op):
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op else None
+
+    def scalar(name):
+        value = constants.get(name)
+        return float(value) if value is not None and value.size == 1 else None
+
+    def mul_by(node, value):
+        """The non-constant input of Mul `node` if its other input is the scalar `value`."""
+        if node is None or node.op_type != "Mul":
+            return None
+        for i, j in ((0, 1), (1, 0)):
+            c = scalar(node.input[j])
+            if c is not None and abs(c - value) < 1e-6:
+                return node.input[i]
+        return None
+
+    def unwrap(name):
+        """(input, Transpose node or None): looks through one Transpose."""
+        t = made_by(name, "Transpose")
+        return (t.input[0], t) if t is not None else (name, None)
+
+    def perm(t):
+        return None if t is None else list(next((a.ints for a in t.attribute if a.name == "perm"), []))
+
+    def match_gelu(erfc):
+        arg, t_arg = unwrap(erfc.input[0])
+        neg = made_by(mul_by(producer.get(arg), 1 / np.sqrt(2)) or "", "Neg")
+        users = consumers.get(erfc.output[0], [])
+        if neg is None or len(users) != 1 or users[0].op_type != "Mul":
+            return None
+        out_mul, x = users[0], neg.input[0]
+        other = next((i for i in out_mul.input if i != erfc.output[0]), None)
+        half, t_half = unwrap(other or "")
+        if mul_by(producer.get(half), 0.5) != x or perm(t_arg) != perm(t_half):
+            return None
+        return x, perm(t_arg), out_mul
+
+    one, sqrt2, half_name = "imgclf_one", "imgclf_sqrt2", "imgclf_half"
+    graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), name)
+                             for v, name in ((1.0, one), (np.sqrt(2), sqrt2), (0.5, half_name)))
+    replace: dict[int, list] = {}  # id(node) -> nodes that take its place
+    for k, n in enumerate(nodes):
+        if n.op_type != "Erfc" or n.domain not in ("", "ai.onnx"):
+            continue
+        found = match_gelu(n)
+        if found is None:
             erf = n.output[0] + "_erf"
-            rewritten.append(helper.make_node("Erf", [n.input[0]], [erf], name=n.name + "_erf"))
-            rewritten.append(helper.make_node("Sub", [one, erf], [n.output[0]], name=n.name + "_one_minus"))
-        else:
-            rewritten.append(n)
-    del proto.graph.node[:]
-    proto.graph.node.extend(rewritten)
+            replace[id(n)] = [helper.make_node("Erf", [n.input[0]], [erf], name=n.name + "_erf"),
+                              helper.make_node("Sub", [one, erf], [n.output[0]], name=n.name + "_one_minus")]
+            continue
+        x, axes, out_mul = found
+        p = f"imgclf_gelu{k}_"
+        gelu = p + "out" if axes else out_mul.output[0]
+        chain = [helper.make_node("Div", [x, sqrt2], [p + "scaled"], name=p + "div"),
+                 helper.make_node("Erf", [p + "scaled"], [p + "erf"], name=p + "erf"),
+                 helper.make_node("Add", [p + "erf", one], [p + "plus_one"], name=p + "add"),
+                 helper.make_node("Mul", [x, p + "plus_one"], [p + "times_x"], name=p + "mul"),
+                 helper.make_node("Mul", [p + "times_x", half_name], [gelu], name=p + "half")]
+        if axes:
+            chain.append(helper.make_node("Transpose", [gelu], [out_mul.output[0]], perm=axes, name=p + "transpose"))
+        replace[id(out_mul)] = chain
+        replace[id(n)] = []
+    rewritten = [m for n in nodes for m in replace.get(id(n), [n])]
+    # drop what no longer feeds a graph output (the old Neg / Mul / Transpose of each rewritten GELU)
+    needed = {o.name for o in graph.output}
+    kept = []
+    for n in reversed(rewritten):
+        if any(out in needed for out in n.output):
+            kept.append(n)
+            needed.update(n.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    used = {name for n in kept for name in n.input}
+    initializers = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
     return proto
 
 
