@@ -119,34 +119,26 @@ def pipeline_check(data: str, recipe: str, steps: int) -> dict:
     one_hot = cfg.label_smoothing > 0
     real = Batches(ds.train, cfg.batch_size, 10, train=True, seed=0, cfg=cfg, one_hot=one_hot)
 
-    class Constant(keras.utils.PyDataset):
-        def __init__(self, batch, n):
+    class Steps(keras.utils.PyDataset):
+        """n batches, batch i from get(i)."""
+
+        def __init__(self, get, n):
             super().__init__()
-            self.batch, self.n = batch, n
+            self.get, self.n = get, n
 
         def __len__(self):
             return self.n
 
         def __getitem__(self, i):
-            return self.batch
-
-    class Limited(keras.utils.PyDataset):
-        def __init__(self, inner, n):
-            super().__init__()
-            self.inner, self.n = inner, n
-
-        def __len__(self):
-            return self.n
-
-        def __getitem__(self, i):
-            return self.inner[i]
+            return self.get(i)
 
     model = build_compiled_model(cfg, 10)
-    const = Constant(real[0], steps)
-    model.fit(Limited(real, 3), epochs=1, verbose=0)  # compile
+    first = real[0]
+    const = Steps(lambda i: first, steps)
+    model.fit(Steps(real.__getitem__, 3), epochs=1, verbose=0)  # compile
     times = {"real": [], "constant": []}
     for _ in range(2):  # alternate, to share any drift in machine load
-        for name, ds_ in (("real", Limited(real, steps)), ("constant", const)):
+        for name, ds_ in (("real", Steps(real.__getitem__, steps)), ("constant", const)):
             t = time.perf_counter()
             model.fit(ds_, epochs=1, verbose=0)
             times[name].append((time.perf_counter() - t) / steps)
