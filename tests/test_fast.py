@@ -20,6 +20,7 @@ from imgclf.flops import count_flops
 from imgclf.models import create_model, init_from_data, whitening_filters
 from imgclf.training import Batches, augment_batch, lr_at, train
 from imgclf.data import ImageSet
+from imgclf.inference import Classifier, tta_views
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,6 +91,26 @@ def test_batches_are_deterministic_per_seed_and_epoch():
     assert (a[2][0] == b[2][0]).all()  # reproducible after moving between epochs (resume)
 
 
+def test_alternating_flip_shows_each_image_both_ways_in_two_epochs():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 8, 8, 3)).astype(np.uint8)
+    images = ImageSet(np.zeros(64, int), [f"{i}" for i in range(64)], x)
+    batches = Batches(images, 64, 10, train=True, seed=3,
+                      cfg=make_config(augment_flip=True, augment_flip_alternate=True))
+
+    def mirrored(epoch):  # which images (by index) this epoch shows mirrored
+        batches.set_epoch(epoch)
+        out = batches[0][0].astype(np.uint8)
+        by_index = np.empty_like(out)
+        by_index[batches.order] = out
+        assert all((o == a).all() or (o == a[:, ::-1]).all() for o, a in zip(by_index, x))
+        return np.array([not (o == a).all() for o, a in zip(by_index, x)])
+
+    e0, e1, e2 = mirrored(0), mirrored(1), mirrored(2)
+    assert 10 < e0.sum() < 54  # a random half, give or take
+    assert (e1 == ~e0).all() and (e2 == e0).all()
+
+
 def test_augmentation_is_fast_enough():
     """Vectorised: a 512-image batch with every augmentation on takes a few ms, far below a step."""
     x = np.random.default_rng(0).integers(0, 256, (512, 32, 32, 3)).astype(np.uint8)
@@ -104,6 +125,37 @@ def test_augmentation_is_fast_enough():
 # ---------------------------------------------------------------------------------------
 # learning-rate schedules
 # ---------------------------------------------------------------------------------------
+
+def test_tta_views_weights_and_shifts():
+    x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
+    plain = tta_views(x)
+    assert [w for w, _ in plain] == [0.5, 0.5] and np.array_equal(plain[1][1], x[:, :, ::-1])
+    views = tta_views(x, translate=1)
+    assert len(views) == 6 and sum(w for w, _ in views) == pytest.approx(1.0)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = views[2][1], views[4][1]
+    assert np.array_equal(up_left, padded[:, :8, :8]) and np.array_equal(down_right, padded[:, 2:, 2:])
+    assert np.array_equal(up_left[:, 1:, 1:], x[:, :7, :7])  # content moves down-right by one pixel
+    assert np.array_equal(views[3][1], up_left[:, :, ::-1])
+
+
+def test_classifier_tta_uses_the_models_own_views():
+    """predict_proba(tta=True) is the weighted mean over tta_views(meta tta_translate)."""
+
+    class Probe(Classifier):
+        def _raw_probs(self, x):  # a fake model: "probability" = mean pixel of the top-left corner
+            v = x[:, 0, 0, 0].astype(np.float64)
+            return np.stack([v, 255 - v], axis=1) / 255
+
+    x = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    meta = {"class_names": ["a", "b"], "input_size": 8, "resize": "stretch"}
+    for translate in (0, 1, 2):
+        clf = Probe("m.keras", {**meta, "tta_translate": translate})
+        want = sum(w * clf._raw_probs(v) for w, v in tta_views(x, translate))
+        assert np.allclose(clf.predict_proba(x, tta=True, calibrated=False), want)
+    assert not np.allclose(Probe("m", meta).predict_proba(x, tta=True), Probe("m", {**meta, "tta_translate": 1})
+                           .predict_proba(x, tta=True))
+
 
 def test_lr_schedule_values():
     cfg = make_config(learning_rate=0.4, epochs=10, warmup_epochs=2, lr_schedule="onecycle")
@@ -181,6 +233,27 @@ def test_fastnet_builds_initialises_and_recipes_resolve():
         create_model("fastnet", widths=(8, 16))
 
 
+def test_fastnet_identity_init_passes_inputs_through_and_l2_penalises_weights():
+    m = create_model("fastnet", 10, (32, 32, 3), widths=(8, 16, 16), whiten_width=6, identity_init=True, l2=1e-3)
+    conv = m.get_layer("g2_conv1")  # 8 -> 16 channels: filters 0..7 are the identity, 8..15 random
+    k = np.asarray(conv.get_weights()[0])
+    eye = np.zeros((3, 3, 8, 8), np.float32)
+    eye[1, 1, np.arange(8), np.arange(8)] = 1
+    assert np.array_equal(k[..., :8], eye)
+    assert np.abs(k[..., 8:]).sum() > 0
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 8)).astype(np.float32)
+    y = np.asarray(conv(x))
+    assert np.allclose(y[..., :8], x, atol=1e-5)  # a 'same' conv that passes its input through
+    square = np.asarray(m.get_layer("g2_conv2").get_weights()[0])  # 16 -> 16: all identity
+    assert np.array_equal(square[1, 1], np.eye(16)) and np.abs(square).sum() == 16
+    # the L2 penalty: one loss per regularized layer (6 convs, 6 BN shifts, the head), l2 * sum(w^2)
+    assert len(m.losses) == 13
+    head = np.asarray(m.get_layer("logits").get_weights()[0])
+    assert float(min(abs(float(v) - 1e-3 * float((head ** 2).sum())) for v in m.losses)) < 1e-6
+    plain = create_model("fastnet", 10, (32, 32, 3), widths=(8, 16, 16), whiten_width=6)
+    assert len(plain.losses) == 0
+
+
 @pytest.mark.slow
 def test_fast80_recipe_learns_real_images(cifar_jpeg, tmp_path):
     """fast80 squeezed to 6 epochs on 600 real CIFAR-10 images: far above chance (10%)."""
@@ -202,6 +275,27 @@ def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path
     rows = list(csv.DictReader(open(run.run_dir / "history.csv")))
     assert len(rows) >= 2
     assert float(rows[-1]["lr"]) < 0.2 * float(make_config(recipe="fast80").learning_rate)  # decayed
+
+
+def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path):
+    """The recipe's TTA (mirror + 1-pixel shifts) is saved with the model: evaluating the file with
+    --tta gives the validation loss that training reported."""
+    from imgclf.data import load_dataset
+    from imgclf.evaluation import evaluate_arrays
+    from imgclf.inference import load_classifier
+
+    run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=1, batch_size=8, tta=True,
+                tta_translate=1, model_options={"widths": [8, 16, 16], "whiten_width": 6},
+                run_dir=tmp_path / "run", verbose=0, report=False)
+    clf = load_classifier(run.model_path)
+    assert clf.tta_translate == 1 and clf.meta["tta"] is True
+    val = load_dataset(str(colour_folder), val_fraction=0.25).val
+    x = val.images(np.arange(len(val)))
+    with_tta = evaluate_arrays(clf.predict_proba(x, tta=True, calibrated=False), val.y)
+    assert with_tta["loss"] == pytest.approx(run.metrics["val"]["loss"], abs=1e-5)
+    mirror_only = evaluate_arrays(0.5 * (clf.predict_proba(x, calibrated=False)
+                                         + clf.predict_proba(x[:, :, ::-1], calibrated=False)), val.y)
+    assert mirror_only["loss"] != pytest.approx(run.metrics["val"]["loss"], abs=1e-5)
 
 
 def test_seeded_fast_runs_are_deterministic(colour_folder, tmp_path):

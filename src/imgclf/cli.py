@@ -30,6 +30,10 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m or 1.5h, got {text!r}") from None
 
 
+TTA_HELP = ("test-time augmentation: the mean over each image and its mirror, and over shifted copies too "
+            "if the model's recipe used them (its tta_translate)")
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("training config (defaults: the seed recipe)")
     for f in fields(TrainConfig):
@@ -175,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", "-d", help="image folder or CIFAR-10 archive (default: the model's own data)")
     p.add_argument("--test-data", help="separate test image folder")
     p.add_argument("--out", "-o", type=Path, help="output folder (default: <model folder>/evaluation)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (mean with the mirror image)")
+    p.add_argument("--tta", action="store_true",
+                   help=TTA_HELP)
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                    help="write OUT/report.html (default: yes)")
     p.set_defaults(func=cmd_evaluate)
@@ -201,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", "-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--csv", type=Path, metavar="OUT", help="also write the predictions to a CSV file")
-    p.add_argument("--tta", action="store_true")
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", help="list registered models and recipes")

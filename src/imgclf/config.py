@@ -50,12 +50,14 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # --- augmentation (train only; vectorised numpy on uint8 batches) ---------------------
     augment_flip: bool = False
+    augment_flip_alternate: bool = False  # with augment_flip: each image's mirror state alternates by epoch
     augment_translate: int = 0  # max shift in pixels (pad-and-crop, reflect padding)
     augment_cutout: int = 0  # side of a square cutout; 0 = off
     # --- averaging / inference ------------------------------------------------------------
     ema: bool = False  # exponential moving average of weights (Keras' use_ema)
     ema_momentum: float = 0.99
     tta: bool = False  # test-time augmentation (mean of image and its mirror) in evaluation
+    tta_translate: int = 0  # with tta, also views shifted by this many pixels (imgclf.inference.tta_views)
     # --- control --------------------------------------------------------------------------
     seed: int = 0
     deterministic: bool = True
@@ -165,6 +167,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         bad("final_lr_fraction", "a number in [0, 1]")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         bad("time_budget", "a positive number of seconds")
+    if cfg.tta_translate < 0:
+        bad("tta_translate", "an integer >= 0")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         bad("label_smoothing", "a number in [0, 1)")
     if cfg.recipe is not None and cfg.recipe not in RECIPES:

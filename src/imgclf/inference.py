@@ -25,6 +25,20 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def tta_views(x: np.ndarray, translate: int = 0) -> list[tuple[float, np.ndarray]]:
+    """Test-time augmentation of a uint8 NHWC batch: (weight, view) pairs whose weighted mean of
+    probabilities is the prediction. The image and its mirror, each 1/2; with `translate` t > 0
+    (airbench's TTA), the two unshifted views get 1/4 each and the image shifted t pixels
+    up-left and down-right (reflect padding), and their mirrors, 1/8 each."""
+    mirror = x[:, :, ::-1]
+    if not translate:
+        return [(0.5, x), (0.5, mirror)]
+    t, (h, w) = translate, x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
+    shifted = [padded[:, :h, :w], padded[:, 2 * t:2 * t + h, 2 * t:2 * t + w]]
+    return [(0.25, x), (0.25, mirror)] + [(0.125, v) for s in shifted for v in (s, s[:, :, ::-1])]
+
+
 class Classifier:
     """A model plus its metadata. Subclasses implement `_raw_probs(x_uint8)`."""
 
@@ -36,19 +50,23 @@ class Classifier:
         self.input_size = int(meta["input_size"])
         self.resize: str = meta["resize"]
         self.temperature = float(meta.get("temperature", 1.0))
+        self.tta_translate = int(meta.get("tta_translate", 0))  # the TTA the model was evaluated with
 
     def _raw_probs(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 256, tta: bool = False,
                       calibrated: bool = True) -> np.ndarray:
-        """Probabilities for a uint8 NHWC batch. `tta` averages each image with its mirror."""
+        """Probabilities for a uint8 NHWC batch. `tta` averages over `tta_views`: each image and
+        its mirror, plus shifted views if the model's recipe used them (meta `tta_translate`)."""
         out = []
         for i in range(0, len(x), batch_size):
             batch = np.asarray(x[i:i + batch_size])
-            p = self._raw_probs(batch)
             if tta:
-                p = 0.5 * (p + self._raw_probs(batch[:, :, ::-1]))
+                p = sum(weight * self._raw_probs(np.ascontiguousarray(view))
+                        for weight, view in tta_views(batch, self.tta_translate))
+            else:
+                p = self._raw_probs(batch)
             out.append(p)
         probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
         return apply_temperature(probs, self.temperature) if calibrated else probs

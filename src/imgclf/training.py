@@ -31,6 +31,7 @@ from .config import TrainConfig, make_config, read_config_file, save_config
 from .data import Dataset, ImageSet, class_weights, load_dataset
 from .errors import ConfigError, ImgclfError
 from .fileio import atomic_write, write_csv, write_json
+from .inference import tta_views
 
 import keras  # noqa: E402  (after the imgclf imports so that bad input fails before the slow import)
 
@@ -43,12 +44,13 @@ from .modelfile import save_model  # noqa: E402
 # Batches: shuffle + vectorised augmentation on uint8, deterministic in (seed, epoch, batch)
 # ---------------------------------------------------------------------------------------
 
-def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool = False, translate: int = 0,
+def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool | np.ndarray = False, translate: int = 0,
                   cutout: int = 0) -> np.ndarray:
-    """Random horizontal flip, pad-and-crop translation (reflect padding) and cutout, on a uint8 batch."""
+    """Random horizontal flip, pad-and-crop translation (reflect padding) and cutout, on a uint8 batch.
+    `flip` may also be a boolean array: which images to mirror (Batches' alternating flip)."""
     n, h, w, _ = x.shape
-    if flip:
-        mirror = rng.random(n) < 0.5
+    if flip is not False:
+        mirror = flip if isinstance(flip, np.ndarray) else rng.random(n) < 0.5
         x = np.where(mirror[:, None, None, None], x[:, :, ::-1], x)
     if translate:
         t = translate
@@ -80,14 +82,16 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, images: ImageSet, batch_size: int, num_classes: int, train: bool = False,
                  seed: int = 0, cfg: TrainConfig | None = None, one_hot: bool = False,
-                 sample_weights: dict[int, float] | None = None, mirror: bool = False):
+                 sample_weights: dict[int, float] | None = None):
         super().__init__()
-        self.mirror = mirror  # every image mirrored (test-time augmentation)
         self.images, self.batch_size, self.num_classes = images, batch_size, num_classes
         self.train, self.seed, self.cfg, self.one_hot = train, seed, cfg, one_hot
         self.sample_weights = sample_weights
         self.epoch = 0
         self.order = np.arange(len(images))
+        # alternating flip (airbench): each image gets a random mirror state from the seed, then
+        # flips every epoch, so every pair of epochs shows both orientations exactly once
+        self.base_flip = np.random.default_rng([seed, 2]).random(len(images)) < 0.5
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,9 +107,10 @@ class Batches(keras.utils.PyDataset):
         x = self.images.images(index)
         if self.train and self.cfg is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-            x = augment_batch(x, rng, self.cfg.augment_flip, self.cfg.augment_translate, self.cfg.augment_cutout)
-        if self.mirror:
-            x = x[:, :, ::-1]
+            flip = self.cfg.augment_flip
+            if flip and self.cfg.augment_flip_alternate:
+                flip = self.base_flip[index] ^ bool(self.epoch % 2)
+            x = augment_batch(x, rng, flip, self.cfg.augment_translate, self.cfg.augment_cutout)
         y = self.images.y[index]
         if self.one_hot:
             y = np.eye(self.num_classes, dtype=np.float32)[y]
@@ -402,10 +407,15 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     if data.test is not None and evaluate_test:
         sets["test"] = data.test
     def predict(images: ImageSet, tta: bool) -> np.ndarray:
-        p = model.predict(Batches(images, 256, num_classes), verbose=0)
-        if tta:  # test-time augmentation: the mean with the mirror image (as Classifier does)
-            p = 0.5 * (p + model.predict(Batches(images, 256, num_classes, mirror=True), verbose=0))
-        return p
+        if not tta:
+            return model.predict(Batches(images, 256, num_classes), verbose=0)
+        # test-time augmentation, the same views and weights as Classifier.predict_proba(tta=True)
+        chunks = []
+        for start in range(0, len(images), 2048):
+            x = images.images(np.arange(start, min(start + 2048, len(images))))
+            chunks.append(sum(w * model.predict(np.ascontiguousarray(v, dtype=np.float32), batch_size=256, verbose=0)
+                              for w, v in tta_views(x, cfg.tta_translate)))
+        return np.concatenate(chunks)
 
     # validation first: seconds.to_final_val is when the final model's validation accuracy is known
     results = {"val": evaluate_arrays(predict(data.val, cfg.tta), data.val.y)}
@@ -431,7 +441,8 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     metrics["flops"] = {"forward_per_image": flops["forward"], "train_per_image": flops["train"],
                         "train_images": images_seen, "total_train": flops["train"] * images_seen}
     meta["metrics"] = {k: metrics[k] for k in sets}
-    meta["tta"] = cfg.tta  # the metrics above are with test-time augmentation (mirror mean)
+    meta["tta"] = cfg.tta  # the metrics above are with test-time augmentation (tta_views)
+    meta["tta_translate"] = cfg.tta_translate
     model_path = save_model(model, run_dir / "model.keras", meta)
     write_evaluation(run_dir, results["val"], data.class_names, "val")
     write_json(run_dir / "metrics.json", metrics)
