@@ -5,6 +5,7 @@
     python bench/fast.py --parts matmul,backends,pipeline # the quick measurements only
     python bench/fast.py --parts fast80 --seeds 0,1,2
     python bench/fast.py --parts budget --budget 30m
+    python bench/fast.py --parts fast80 --seeds 0,1 --set momentum=0.9 --set model_options.logit_scale=1  # a variant
     python bench/fast.py --parts seed --seed-from /path/to/a/finished/seed/run   # reuse a seed run
 
 For every training run it prints: wall time to first reach 80.46% validation accuracy (the
@@ -256,7 +257,8 @@ def main() -> int:
     p.add_argument("--fast94-epochs", type=float, default=None, help="cut fast94 short: train this many epochs")
     p.add_argument("--fast94-seeds", default="0", help="fast94 seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for the fast94 runs (a variant of the recipe), repeatable")
+                   help="config override for the fast80, budget and fast94 runs (a variant of the recipe; "
+                        "model_options.KEY=VALUE for a model option), repeatable")
     p.add_argument("--out", type=Path, default=Path("runs/bench-fast"))
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-steps", type=int, default=12)
@@ -314,25 +316,43 @@ def main() -> int:
             record(seed_from_run(args.seed_from))
         else:
             record(timed_run("seed", args.out, data=args.data, recipe="seed", epochs=args.seed_epochs))
-    if "fast80" in parts:
-        for s in [int(v) for v in args.seeds.split(",")]:
-            record(timed_run(f"fast80 seed {s}", args.out, data=args.data, recipe="fast80", seed=s))
-    if "budget" in parts:
-        budget = parse_duration(args.budget)
-        record(timed_run(f"{args.budget_recipe} {args.budget}", args.out, data=args.data, recipe=args.budget_recipe,
-                         time_budget=budget))
-    if "fast94" in parts:
-        kw = {}
-        if args.fast94_epochs:  # the whole schedule squeezed into fewer epochs (warmup stays 20% of it)
-            kw["epochs"] = max(1, int(round(args.fast94_epochs)))
-            kw["warmup_epochs"] = 0.2 * kw["epochs"]
+    def overrides(recipe: str, kw: dict | None = None) -> tuple[dict, str]:
+        """--set KEY=VALUE pairs (model_options.KEY for a model option) as train() keywords, and a label."""
+        import yaml
+
+        from imgclf.config import RECIPES
+
+        kw = dict(kw or {})
+        options = dict(RECIPES[recipe].get("model_options", {}))
         for item in args.set:
             key, _, value = item.partition("=")
-            kw[key.strip().replace("-", "_")] = value.strip()
-        variant = " ".join(f"{k}={v}" for k, v in kw.items())
+            key, value = key.strip().replace("-", "_"), yaml.safe_load(value.strip())
+            if key.startswith("model_options."):
+                options[key.split(".", 1)[1]] = value
+                kw["model_options"] = options
+            else:
+                kw[key] = value
+        label = " ".join(f"{item}" for item in args.set)
+        return kw, (f" {label}" if label else "")
+
+    if "fast80" in parts:
+        kw, label = overrides("fast80")
+        for s in [int(v) for v in args.seeds.split(",")]:
+            record(timed_run(f"fast80 seed {s}{label}", args.out, data=args.data, recipe="fast80", seed=s, **kw))
+    if "budget" in parts:
+        budget = parse_duration(args.budget)
+        kw, label = overrides(args.budget_recipe)
+        record(timed_run(f"{args.budget_recipe} {args.budget}{label}", args.out, data=args.data,
+                         recipe=args.budget_recipe, **{"time_budget": budget, **kw}))
+    if "fast94" in parts:
+        squeeze = {}
+        if args.fast94_epochs:  # the whole schedule squeezed into fewer epochs (warmup stays 20% of it)
+            squeeze["epochs"] = max(1, int(round(args.fast94_epochs)))
+            squeeze["warmup_epochs"] = 0.2 * squeeze["epochs"]
+        kw, label = overrides("fast94", squeeze)
         for s in [int(v) for v in args.fast94_seeds.split(",")]:
-            r = timed_run(f"fast94 seed {s}" + (f" {variant}" if variant else ""), args.out, data=args.data,
-                          recipe="fast94", seed=s, **kw)
+            squeezed = f" {squeeze['epochs']} epochs" if squeeze else ""
+            r = timed_run(f"fast94 seed {s}{squeezed}{label}", args.out, data=args.data, recipe="fast94", seed=s, **kw)
             record(r)
             to93 = f"{r['time_to_93_s']:.0f} s, {r['pflop_to_93']:.3f} PFLOPs" if r["time_to_93_s"] else "never"
             print(f"  fast94 to 93%: {to93}; accuracy against training compute (without TTA):", flush=True)
