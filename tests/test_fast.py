@@ -285,7 +285,7 @@ def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path
     from imgclf.inference import load_classifier
 
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=1, batch_size=8, tta=True,
-                tta_translate=1, model_options={"widths": [8, 16, 16], "whiten_width": 6},
+                tta_translate=1, learning_rate=0.01, model_options={"widths": [8, 16, 16], "whiten_width": 6},
                 run_dir=tmp_path / "run", verbose=0, report=False)
     clf = load_classifier(run.model_path)
     assert clf.tta_translate == 1 and clf.meta["tta"] is True
@@ -293,6 +293,7 @@ def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path
     x = val.images(np.arange(len(val)))
     with_tta = evaluate_arrays(clf.predict_proba(x, tta=True, calibrated=False), val.y)
     assert with_tta["loss"] == pytest.approx(run.metrics["val"]["loss"], abs=1e-5)
+    assert 0.01 < with_tta["loss"] < 5  # not saturated: the views' predictions differ
     mirror_only = evaluate_arrays(0.5 * (clf.predict_proba(x, calibrated=False)
                                          + clf.predict_proba(x[:, :, ::-1], calibrated=False)), val.y)
     assert mirror_only["loss"] != pytest.approx(run.metrics["val"]["loss"], abs=1e-5)
