@@ -15,7 +15,8 @@ validation accuracy, total wall
 time (data loading, training, final evaluation and saving), training images per second
 (training steps only, validation excluded) and training FLOPs (imgclf.flops: a multiply-add is
 2 FLOPs, a training step 3x the forward pass). It also prints this machine's float32 matmul
-rate (numpy, 2048x2048) and training images/s of the fast80 net on every installed backend.
+rate (numpy, 2048x2048), its bfloat16 rate (keras.ops) and training images/s of the fast80 net
+on every installed backend.
 Wall times count from the train() call, so data loading is included; run twice to compare a
 cold decoded-image cache (~/.cache/imgclf) with a warm one. Results go to --out/results.json.
 """
@@ -51,6 +52,21 @@ def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+
+def matmul_rate_bf16(n: int = 2048, repeats: int = 10) -> float:
+    """The same product in bfloat16 through keras.ops (the default backend): the ceiling for
+    --precision mixed_bfloat16 runs, whose training FLOP rate can exceed the float32 matmul rate."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    a, b = (keras.ops.convert_to_tensor(rng.random((n, n), dtype=np.float32), dtype="bfloat16") for _ in range(2))
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
+    t = time.perf_counter()
+    for _ in range(repeats):
+        c = keras.ops.matmul(a, b)
+    keras.ops.convert_to_numpy(c)  # waits for the last product (backends may run asynchronously)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
 def load_avg() -> str:
@@ -205,7 +221,8 @@ def timed_run(name: str, out: Path, **kw) -> dict:
             "to_final_val_s": m["seconds"]["to_final_val"], "tta": m.get("tta", False),
             "epochs": m["epochs_run"], "train_images_per_second": m["flops"]["train_images"] / max(mark.train_seconds, 1e-9),
             "train_pflop": m["flops"]["total_train"] / 1e15, "forward_mflop": m["flops"]["forward_per_image"] / 1e6,
-            "params": None, "curve": curve, "run_dir": str(run.run_dir), "backend": m["backend"]}
+            "params": None, "curve": curve, "run_dir": str(run.run_dir), "backend": m["backend"],
+            "precision": m.get("precision", "float32")}
 
 
 def seed_from_run(run_dir: Path) -> dict:
@@ -285,6 +302,8 @@ def main() -> int:
         rate = matmul_rate()
         results["matmul_gflops"] = rate / 1e9
         print(f"numpy float32 matmul (2048x2048): {rate / 1e9:.1f} GFLOP/s", flush=True)
+        results["matmul_bf16_gflops"] = matmul_rate_bf16() / 1e9
+        print(f"keras bfloat16 matmul (2048x2048): {results['matmul_bf16_gflops']:.1f} GFLOP/s", flush=True)
     if "backends" in parts:
         rows = backends_table(args.probe_steps, args.probe_batch, args.probe_recipe)
         results["backends"] = rows

@@ -310,6 +310,64 @@ def test_seeded_fast_runs_are_deterministic(colour_folder, tmp_path):
     assert strip(ha) == strip(hb)
 
 
+def test_mixed_precision_model_computes_in_bf16_but_outputs_float32():
+    import keras
+
+    before = keras.config.dtype_policy().name
+    m = create_model("fastnet", 10, (32, 32, 3), precision="mixed_bfloat16", widths=(8, 16, 16), whiten_width=6)
+    assert keras.config.dtype_policy().name == before  # the global policy is left as it was
+    assert m.get_layer("g1_conv1").compute_dtype == "bfloat16"
+    assert m.get_layer("g1_conv1").variable_dtype == "float32"  # weights stay float32
+    assert m.get_layer("probs").compute_dtype == "float32"
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    p = np.asarray(m(x))
+    assert p.dtype == np.float32 and np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    copy = create_model("fastnet", 10, (32, 32, 3), widths=(8, 16, 16), whiten_width=6)
+    copy.set_weights(m.get_weights())  # the weights are float32 under the mixed policy too
+    assert {layer.compute_dtype for layer in copy.layers if layer.weights} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), copy.get_weights()))
+    q = np.asarray(copy(x))
+    assert np.abs(p - q).max() < 0.05  # bf16 rounding only
+    with pytest.raises(ConfigError, match="precision"):
+        make_config(recipe="fast80", precision="fp8")
+
+
+def test_auto_precision_is_bf16_only_on_a_bf16_cpu(monkeypatch):
+    import keras
+    from imgclf import models
+
+    assert models.resolve_precision("mixed_float16") == "mixed_float16"  # explicit: left alone
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    assert models.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    expected = "mixed_bfloat16" if keras.backend.backend() == "tensorflow" else "float32"
+    assert models.resolve_precision("auto") == expected
+    m = create_model("fastnet", 10, (32, 32, 3), precision="auto", widths=(8, 16, 16), whiten_width=6)
+    assert m.dtype_policy.name == expected
+
+
+def test_mixed_precision_training_saves_a_float32_model_that_matches_its_metrics(colour_folder, tmp_path):
+    from imgclf.data import load_dataset
+    from imgclf.evaluation import evaluate_arrays
+    from imgclf.inference import load_classifier
+
+    run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=2, batch_size=8,
+                precision="mixed_bfloat16", learning_rate=0.01,
+                model_options={"widths": [8, 16, 16], "whiten_width": 6}, run_dir=tmp_path / "run", verbose=0,
+                report=False)
+    clf = load_classifier(run.model_path)
+    assert {layer.compute_dtype for layer in clf.model.layers if layer.weights} == {"float32"}
+    import keras
+
+    reloaded = keras.saving.load_model(run.model_path)  # compiled, as a float32 run's file is
+    assert reloaded.compiled and reloaded.dtype_policy.name == "float32"
+    val = load_dataset(str(colour_folder), val_fraction=0.25).val
+    x = val.images(np.arange(len(val)))
+    got = evaluate_arrays(clf.predict_proba(x, tta=True, calibrated=False), val.y)
+    assert got["loss"] == pytest.approx(run.metrics["val"]["loss"], abs=1e-5)
+    assert run.config.precision == "mixed_bfloat16" and run.metrics["precision"] == "mixed_bfloat16"
+
+
 def test_fast_training_runs_on_the_jax_backend(tmp_path):
     data = make_folder(tmp_path / "colours", per_class=10)
     code = (

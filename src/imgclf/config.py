@@ -48,6 +48,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     final_lr_fraction: float = 0.0  # cosine/onecycle decay ends at this fraction of learning_rate
     label_smoothing: float = 0.0
+    # float32 | mixed_bfloat16 | mixed_float16 | auto: the arithmetic of training only (weights
+    # stay float32; the saved model and every reported accuracy are float32). mixed_bfloat16 uses
+    # the CPU's bf16 units where it has them (avx512_bf16/AMX); "auto" picks it there, else float32.
+    precision: str = "float32"
     # --- augmentation (train only; vectorised numpy on uint8 batches) ---------------------
     augment_flip: bool = False
     augment_flip_alternate: bool = False  # with augment_flip: each image's mirror state alternates by epoch
@@ -71,6 +75,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 
 # Named recipes: overrides of the defaults. seed_cnn is the defaults themselves.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -97,11 +103,13 @@ RECIPES.update({
     # label smoothing 0.1: 88.2% at 10 epochs, short of the 93% aimed at). The full run with these
     # settings is not measured yet. See README.
     "fast94": {**_FAST, "model_options": {"widths": [64, 256, 256], **_LOGITS}, "epochs": 10, "batch_size": 256,
-               "warmup_epochs": 2},
+               "warmup_epochs": 2, "precision": "auto"},
     # for --time-budget (default 30 minutes): a mid-size fastnet (130 MFLOPs) whose schedule is
-    # spread over the wall-clock budget; warmup = warmup_epochs / epochs of the budget
+    # spread over the wall-clock budget; warmup = warmup_epochs / epochs of the budget.
+    # precision auto = bf16 on a bf16 CPU: 25 epochs in 30 minutes instead of 17 (90.14% vs 89.72%).
+    # (fast80 stays float32: its narrow net gained no time from bf16.)
     "budget": {**_FAST, "model_options": {"widths": [64, 128, 256], **_LOGITS}, "epochs": 10, "batch_size": 256,
-               "warmup_epochs": 2, "final_lr_fraction": 0.02, "time_budget": 1800.0},
+               "warmup_epochs": 2, "final_lr_fraction": 0.02, "time_budget": 1800.0, "precision": "auto"},
 })
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
@@ -166,6 +174,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         bad("optimizer", "one of sgd, adamw")
     if cfg.lr_schedule not in ("constant", "cosine", "onecycle"):
         bad("lr_schedule", "one of constant, cosine, onecycle")
+    if cfg.precision not in PRECISIONS:
+        bad("precision", f"one of {', '.join(PRECISIONS)}")
     if cfg.class_weight not in (None, "balanced"):
         bad("class_weight", "balanced or nothing")
     if not 0.0 <= cfg.final_lr_fraction <= 1.0:

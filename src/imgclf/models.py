@@ -26,13 +26,44 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(name: str, num_classes: int = 10, input_shape=(32, 32, 3), **options) -> keras.Model:
+def cpu_has_bf16() -> bool:
+    """True where the CPU has native bfloat16 arithmetic (x86 avx512_bf16 or AMX; Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> mixed_bfloat16 when training runs on a bf16-capable CPU under TensorFlow (there
+    its oneDNN kernels run bf16 convolutions about twice as fast as float32), else float32.
+    GPUs get float32 under "auto": mixed precision on them is not measured yet."""
+    if precision != "auto":
+        return precision
+    if keras.backend.backend() != "tensorflow" or not cpu_has_bf16():
+        return "float32"
+    import tensorflow as tf
+
+    return "float32" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
+def create_model(name: str, num_classes: int = 10, input_shape=(32, 32, 3), precision: str = "float32",
+                 **options) -> keras.Model:
+    """Build a registered model. `precision` is a Keras dtype policy ("float32", "mixed_bfloat16",
+    "mixed_float16") or "auto" (resolve_precision), for this model's layers only: the global
+    policy is restored afterwards."""
     if name not in MODELS:
         raise ConfigError(f"model: unknown model {name!r} (expected one of {', '.join(list_models())})")
+    previous = keras.config.dtype_policy()
     try:
+        keras.config.set_dtype_policy(resolve_precision(precision))
         return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
     except TypeError as e:
         raise ConfigError(f"model_options: {e}") from None
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def pixels_input(input_shape) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -56,7 +87,8 @@ def seed_cnn(num_classes=10, input_shape=(32, 32, 3), widths=(32, 32, 64, 64), d
             x = layers.Dropout(dropout, name=f"drop{i // 2 + 1}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(dense_dropout, name="drop_dense")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    # dtype float32: under a mixed-precision policy the probabilities (and so the loss) stay float32
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
@@ -84,11 +116,15 @@ def fastnet(num_classes=10, input_shape=(32, 32, 3), widths=(64, 256, 256), whit
     if len(widths) != 3:
         raise TypeError(f"fastnet expects 3 widths, got {list(widths)}")
     inputs, x = pixels_input(input_shape)
+    # Under mixed_bfloat16 (the CPU path) the activations run in float32 between bf16 convs:
+    # TensorFlow's CPU GELU is 2.3x slower in bf16 than in float32 (its erf has no fast bf16
+    # kernel); this made the budget net's training step 8% faster (701 -> 756 img/s, float32: 529).
+    act_dtype = "float32" if keras.config.dtype_policy().name == "mixed_bfloat16" else None
     # The whitening layer: 2x2 'valid' conv whose filters are the (+ and -) eigenvectors of the
     # training-patch covariance, scaled to unit variance; frozen (set by init_from_data).
     x = layers.Conv2D(whiten_width, whiten_kernel, strides=whiten_stride, padding="valid", use_bias=True,
                       name="whiten", trainable=False)(x)
-    x = layers.Activation(activation, name="whiten_act")(x)
+    x = layers.Activation(activation, dtype=act_dtype, name="whiten_act")(x)
 
     reg = keras.regularizers.L2(l2) if l2 else None
 
@@ -103,19 +139,19 @@ def fastnet(num_classes=10, input_shape=(32, 32, 3), widths=(64, 256, 256), whit
         x = conv(width, f"g{g}_conv1")(x)
         x = layers.MaxPooling2D(2, name=f"g{g}_pool")(x)
         x = bn(f"g{g}_bn1")(x)
-        x = layers.Activation(activation, name=f"g{g}_act1")(x)
+        x = layers.Activation(activation, dtype=act_dtype, name=f"g{g}_act1")(x)
         if second_conv:
             x = conv(width, f"g{g}_conv2")(x)
             x = bn(f"g{g}_bn2")(x)
-            x = layers.Activation(activation, name=f"g{g}_act2")(x)
+            x = layers.Activation(activation, dtype=act_dtype, name=f"g{g}_act2")(x)
     x = layers.GlobalMaxPooling2D(name="global_pool")(x)
     # head_init="zeros" starts at loss log(num_classes) (Glorot on max-pooled features starts
     # higher); the recipes were measured with the Keras default
     x = layers.Dense(num_classes, use_bias=False, kernel_initializer=head_init, kernel_regularizer=reg,
                      name="logits")(x)
     if logit_scale != 1.0:
-        x = layers.Rescaling(logit_scale, name="logit_scale")(x)
-    outputs = layers.Activation("softmax", name="probs")(x)
+        x = layers.Rescaling(logit_scale, dtype="float32", name="logit_scale")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)  # float32 under mixed precision
     model = keras.Model(inputs, outputs, name="fastnet")
     if identity_init:
         set_identity_init(model)

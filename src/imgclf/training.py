@@ -16,6 +16,7 @@ vectorised numpy, so a resumed run sees exactly the batches an uninterrupted one
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -291,7 +292,8 @@ def _set_determinism(cfg: TrainConfig) -> None:
 
 
 def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
-    model = create_model(cfg.model, num_classes, (cfg.input_size, cfg.input_size, 3), **cfg.model_options)
+    model = create_model(cfg.model, num_classes, (cfg.input_size, cfg.input_size, 3), precision=cfg.precision,
+                         **cfg.model_options)
     common = dict(learning_rate=cfg.learning_rate, use_ema=cfg.ema, ema_momentum=cfg.ema_momentum,
                   weight_decay=cfg.weight_decay or None)
     if cfg.optimizer == "sgd":
@@ -398,6 +400,11 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     if cfg.keep_best and best_json.exists():
         model.load_weights(run_dir / "backup" / "best.weights.h5")
         chosen = f"best (epoch {json.loads(best_json.read_text())['epoch']})"
+    precision = model.dtype_policy.name  # "auto" resolved
+    if precision != "float32":  # evaluate and save in float32: portable, and what users will run
+        trained = model  # (variables are float32 under every mixed policy, so the copy is exact)
+        model = build_compiled_model(dataclasses.replace(cfg, precision="float32"), num_classes)
+        model.set_weights(trained.get_weights())
 
     from .evaluation import evaluate_arrays, results_table, write_evaluation  # matplotlib/sklearn: imported late
 
@@ -432,7 +439,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
                     "to_final_val": to_final_val, "total": time.perf_counter() - t_start},
         "tta": cfg.tta,
         "train_images_per_second": len(data.train) * len(history) / max(sum(epoch_seconds), 1e-9),
-        "backend": keras.backend.backend(),
+        "backend": keras.backend.backend(), "precision": precision,
     }
     from .flops import count_flops
 
