@@ -222,7 +222,7 @@ def timed_run(name: str, out: Path, **kw) -> dict:
             "epochs": m["epochs_run"], "train_images_per_second": m["flops"]["train_images"] / max(mark.train_seconds, 1e-9),
             "train_pflop": m["flops"]["total_train"] / 1e15, "forward_mflop": m["flops"]["forward_per_image"] / 1e6,
             "params": None, "curve": curve, "run_dir": str(run.run_dir), "backend": m["backend"],
-            "precision": m.get("precision", "float32")}
+            "precision": m["precision"]}
 
 
 def seed_from_run(run_dir: Path) -> dict:
