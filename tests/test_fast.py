@@ -170,6 +170,38 @@ def test_lr_schedule_values():
     assert lr_at(const, 0.7) == 0.3
     floor = make_config(learning_rate=1.0, epochs=10, lr_schedule="onecycle", warmup_epochs=0, final_lr_fraction=0.1)
     assert lr_at(floor, 1.0) == pytest.approx(0.1) and lr_at(floor, 0.5) == pytest.approx(0.55)
+    tri = make_config(learning_rate=1.0, epochs=10, lr_schedule="onecycle", warmup_epochs=2, warmup_start_fraction=0.2)
+    assert lr_at(tri, 0.0) == pytest.approx(0.2) and lr_at(tri, 0.1) == pytest.approx(0.6)  # airbench's triangle
+    assert lr_at(tri, 0.2) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="warmup_start_fraction"):
+        make_config(warmup_start_fraction=1.5)
+
+
+def test_lookahead_pulls_weights_toward_a_slow_average_every_5_steps():
+    import keras
+    from types import SimpleNamespace
+
+    from imgclf.training import Lookahead
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    kernel = model.weights[0]
+    schedule = SimpleNamespace(cfg=make_config(lookahead_start=0.2), steps_per_epoch=10, epoch=0,
+                               progress=lambda batch: batch / 10)
+    la = Lookahead(schedule)
+    la.set_model(model)
+    kernel.assign(np.zeros((2, 1), np.float32))
+    la.on_epoch_begin(0)
+    assert la.average is None  # progress 0 < 0.2: not started
+    kernel.assign(np.ones((2, 1), np.float32))
+    la.on_train_batch_end(3)  # step 4: not a multiple of 5
+    la.on_train_batch_end(4)  # step 5, progress 0.5: the average starts here, weights untouched
+    assert np.allclose(la.average[0], 1.0) and np.allclose(keras.ops.convert_to_numpy(kernel), 1.0)
+    kernel.assign(np.full((2, 1), 3.0, np.float32))
+    la.on_train_batch_end(9)  # step 10, progress 1.0: rho = 0.95**5, then the weights = the average
+    expected = 1.0 + (1 - 0.95 ** 5) * (3.0 - 1.0)
+    assert np.allclose(keras.ops.convert_to_numpy(kernel), expected)
+    with pytest.raises(ConfigError, match="lookahead_start"):
+        make_config(lookahead_start=1.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,6 +333,7 @@ def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path
 
 def test_seeded_fast_runs_are_deterministic(colour_folder, tmp_path):
     kw = dict(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=2, batch_size=8,
+              lookahead_start=0.3, bias_lr_scale=64,  # the fast94 options are deterministic too
               model_options={"widths": [8, 16, 16], "whiten_width": 6}, verbose=0, report=False)
     a = train(run_dir=tmp_path / "a", **kw)
     b = train(run_dir=tmp_path / "b", **kw)
@@ -368,11 +401,53 @@ def test_mixed_precision_training_saves_a_float32_model_that_matches_its_metrics
     assert run.config.precision == "mixed_bfloat16" and run.metrics["precision"] == "mixed_bfloat16"
 
 
+def test_bias_lr_scale_multiplies_only_the_bias_steps_and_keeps_their_decay():
+    import keras
+    from imgclf.training import BiasScaledSGD
+
+    def one_step(opt):
+        beta = keras.Variable(np.full(3, 2.0, np.float32), name="beta")
+        kernel = keras.Variable(np.full(3, 2.0, np.float32), name="kernel")
+        opt.apply([keras.ops.ones(3), keras.ops.ones(3)], [beta, kernel])
+        return [np.asarray(keras.ops.convert_to_numpy(v)) for v in (beta, kernel)]
+
+    kw = dict(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    beta, kernel = one_step(BiasScaledSGD(64.0, **kw))
+    beta_ref, kernel_ref = one_step(keras.optimizers.SGD(**kw))
+    decay = 2.0 * 0.01 * 0.1  # decoupled: lr * wd * w, the same for both groups
+    step = 0.1 * (1 + 0.9)  # Nesterov's first step on a unit gradient: lr * (1 + momentum)
+    assert np.allclose(kernel_ref, 2.0 - decay - step) and np.allclose(beta_ref, 2.0 - decay - step)
+    assert np.allclose(kernel, kernel_ref)  # weights: Keras' SGD exactly
+    assert np.allclose(beta, 2.0 - decay - 64 * step, atol=1e-5)  # biases: the gradient step x64, same decay
+    with pytest.raises(ConfigError, match="bias_lr_scale"):
+        make_config(recipe="fast80", optimizer="adamw", bias_lr_scale=64)
+    with pytest.raises(ConfigError, match="bias_lr_scale"):
+        make_config(recipe="fast80", bias_lr_scale=0)
+
+
+def test_bias_lr_scale_training_saves_a_model_compiled_with_keras_sgd(colour_folder, tmp_path):
+    import zipfile
+
+    import keras
+
+    run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=1, batch_size=8,
+                bias_lr_scale=64, model_options={"widths": [8, 16, 16], "whiten_width": 6},
+                run_dir=tmp_path / "run", verbose=0, report=False)
+    with zipfile.ZipFile(run.model_path) as z:
+        config = json.loads(z.read("config.json"))
+    assert config["compile_config"]["optimizer"]["class_name"] == "SGD"
+    assert "bias_lr_scale" not in json.dumps(config["compile_config"])
+    reloaded = keras.saving.load_model(run.model_path)  # safe mode, no imgclf class needed
+    assert type(reloaded.optimizer) is keras.optimizers.SGD
+    assert run.config.bias_lr_scale == 64
+
+
 def test_fast_training_runs_on_the_jax_backend(tmp_path):
     data = make_folder(tmp_path / "colours", per_class=10)
     code = (
         "import json, keras, imgclf\n"
-        f"run = imgclf.train(recipe='fast80', data={str(data)!r}, val_fraction=0.3, epochs=1, batch_size=10,"
+        f"run = imgclf.train(recipe='fast80', data={str(data)!r}, val_fraction=0.3, epochs=2, batch_size=10,"
+        " lookahead_start=0.3, bias_lr_scale=64,"
         " model_options={'widths': [8, 16, 16], 'whiten_width': 6},"
         f" run_dir={str(tmp_path / 'run')!r}, verbose=0, report=False)\n"
         "from imgclf.inference import load_classifier\n"

@@ -44,8 +44,12 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    # SGD only: the learning rate of biases (BN shifts, conv biases) is this times learning_rate,
+    # their weight decay per step unchanged (airbench: 64; its BN layers learn a shift only)
+    bias_lr_scale: float = 1.0
     lr_schedule: str = "constant"  # constant | cosine | onecycle
     warmup_epochs: float = 0.0
+    warmup_start_fraction: float = 0.0  # the warmup starts at this fraction of learning_rate (airbench: 0.2)
     final_lr_fraction: float = 0.0  # cosine/onecycle decay ends at this fraction of learning_rate
     label_smoothing: float = 0.0
     # float32 | mixed_bfloat16 | mixed_float16 | auto: the arithmetic of training only (weights
@@ -60,6 +64,9 @@ class TrainConfig:
     # --- averaging / inference ------------------------------------------------------------
     ema: bool = False  # exponential moving average of weights (Keras' use_ema)
     ema_momentum: float = 0.99
+    # airbench's lookahead: from this fraction of training on, every 5 steps the weights (and BN
+    # statistics) are pulled toward a slow average and replaced by it; 0 = off (imgclf.training.Lookahead)
+    lookahead_start: float = 0.0
     tta: bool = False  # test-time augmentation (mean of image and its mirror) in evaluation
     tta_translate: int = 0  # with tta, also views shifted by this many pixels (imgclf.inference.tta_views)
     # --- control --------------------------------------------------------------------------
@@ -171,12 +178,20 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         bad("learning_rate", "a positive number")
     if cfg.optimizer not in ("sgd", "adamw"):
         bad("optimizer", "one of sgd, adamw")
+    if cfg.bias_lr_scale <= 0:
+        bad("bias_lr_scale", "a positive number")
+    if cfg.bias_lr_scale != 1.0 and cfg.optimizer != "sgd":
+        bad("bias_lr_scale", "1 unless optimizer is sgd (Adam's steps do not scale with the gradient)")
     if cfg.lr_schedule not in ("constant", "cosine", "onecycle"):
         bad("lr_schedule", "one of constant, cosine, onecycle")
     if cfg.precision not in PRECISIONS:
         bad("precision", f"one of {', '.join(PRECISIONS)}")
     if cfg.class_weight not in (None, "balanced"):
         bad("class_weight", "balanced or nothing")
+    if not 0.0 <= cfg.warmup_start_fraction <= 1.0:
+        bad("warmup_start_fraction", "a number in [0, 1]")
+    if not 0.0 <= cfg.lookahead_start < 1.0:
+        bad("lookahead_start", "a fraction of training in [0, 1) (0 = off)")
     if not 0.0 <= cfg.final_lr_fraction <= 1.0:
         bad("final_lr_fraction", "a number in [0, 1]")
     if cfg.time_budget is not None and cfg.time_budget <= 0:

@@ -131,7 +131,8 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
     base = cfg.learning_rate
     warm = cfg.warmup_epochs / cfg.epochs if cfg.time_budget is None else min(cfg.warmup_epochs / max(cfg.epochs, 1), 0.5)
     if warm > 0 and progress < warm:
-        return base * progress / warm
+        start = cfg.warmup_start_fraction
+        return base * (start + (1 - start) * progress / warm)
     if cfg.lr_schedule == "constant":
         return base
     rest = (progress - warm) / max(1e-9, 1 - warm)
@@ -180,6 +181,54 @@ class Schedule(keras.callbacks.Callback):
         self.images_seen += max(0, min(bs, self.n_train - batch * bs)) if self.n_train else bs
         if self.cfg.time_budget and self.progress(batch) >= 1.0:
             self.model.stop_training = True
+
+
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead. From `cfg.lookahead_start` (a fraction of training) on, every `every`
+    steps: average <- average + (1 - rho) (weights - average), then weights <- average, for every
+    float variable (BN statistics included). rho = base**every * progress**3 grows from 0 to
+    0.95**5, so the weights move freely at first and are averaged strongly at the end. Each epoch
+    ends with weights = average, so the next epoch starts its average from the weights: that is
+    what makes a resumed run identical to an uninterrupted one."""
+
+    def __init__(self, schedule: Schedule, every: int = 5, base: float = 0.95, power: float = 3.0):
+        super().__init__()
+        self.schedule, self.every, self.base, self.power = schedule, every, base, power
+        self.average: list[np.ndarray] | None = None
+
+    def _variables(self):
+        return [v for v in self.model.weights if keras.backend.standardize_dtype(v.dtype).startswith("float")]
+
+    def _sync(self):  # JAX keeps the state outside the variables during an epoch (see Schedule)
+        if getattr(self.model, "_jax_state", None) is not None and hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()
+
+    def _snapshot(self):
+        self._sync()
+        return [np.array(keras.ops.convert_to_numpy(v)) for v in self._variables()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.average = self._snapshot() if self.schedule.progress(0) >= self.schedule.cfg.lookahead_start else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        progress = self.schedule.progress(batch + 1)
+        step = self.schedule.epoch * self.schedule.steps_per_epoch + batch + 1
+        last = batch + 1 == self.schedule.steps_per_epoch or getattr(self.model, "stop_training", False)
+        if progress >= self.schedule.cfg.lookahead_start and step % self.every == 0:
+            if self.average is None:
+                self.average = self._snapshot()
+            else:
+                rho = self.base ** self.every * min(progress, 1.0) ** self.power
+                for a, w in zip(self.average, self._snapshot()):
+                    a += (1 - rho) * (w - a)
+                self._assign()
+        elif last and self.average is not None:
+            self._assign()  # the epoch (and its validation) ends on the average, as in airbench
+
+    def _assign(self):
+        self._sync()
+        for a, v in zip(self.average, self._variables()):
+            v.assign(a.copy())  # a copy: JAX must not share a buffer with our average
 
 
 class SwapEMA(keras.callbacks.SwapEMAWeights):
@@ -291,12 +340,39 @@ def _set_determinism(cfg: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+class BiasScaledSGD(keras.optimizers.SGD):
+    """Keras' SGD with biases (BN shifts, conv biases) trained at `bias_lr_scale` times the
+    learning rate: airbench's per-group rate, which lets the shifts of its scale-free BN layers keep
+    up with the weights. Their gradients are scaled, which for SGD with momentum is the same as
+    scaling their learning rate, while the decoupled weight decay (lr * wd * w per step) is left as
+    it is, as in airbench (lr x 64, wd / 64). Training only: the saved model is compiled with Keras'
+    own SGD, so it needs no imgclf to load."""
+
+    def __init__(self, bias_lr_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.bias_lr_scale = bias_lr_scale
+
+    def apply(self, grads, trainable_variables=None):
+        # JAX's stateless path passes no variables: then grads follow the built variable list
+        variables = getattr(self, "_trainable_variables", []) if trainable_variables is None else trainable_variables
+        variables = list(variables)
+        if self.bias_lr_scale != 1.0 and len(variables) == len(grads):
+            grads = [g * self.bias_lr_scale if g is not None and v.name in ("beta", "bias") else g
+                     for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self):
+        return {**super().get_config(), "bias_lr_scale": self.bias_lr_scale}
+
+
 def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
     model = create_model(cfg.model, num_classes, (cfg.input_size, cfg.input_size, 3), precision=cfg.precision,
                          **cfg.model_options)
     common = dict(learning_rate=cfg.learning_rate, use_ema=cfg.ema, ema_momentum=cfg.ema_momentum,
                   weight_decay=cfg.weight_decay or None)
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer == "sgd" and cfg.bias_lr_scale != 1.0:
+        optimizer = BiasScaledSGD(cfg.bias_lr_scale, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+    elif cfg.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
     else:
         optimizer = keras.optimizers.AdamW(**{**common, "weight_decay": cfg.weight_decay})
@@ -380,6 +456,8 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
            RunState(run_dir, train_batches, cfg.keep_best),
            Schedule(cfg, len(train_batches), len(data.train), start=t_start)]
     schedule = cbs[-1]
+    if cfg.lookahead_start:
+        cbs.append(Lookahead(schedule))
     if cfg.ema:
         cbs.append(SwapEMA(swap_on_epoch=True))
     if cfg.early_stopping:
@@ -401,9 +479,12 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         model.load_weights(run_dir / "backup" / "best.weights.h5")
         chosen = f"best (epoch {json.loads(best_json.read_text())['epoch']})"
     precision = model.dtype_policy.name  # "auto" resolved
-    if precision != "float32":  # evaluate and save in float32: portable, and what users will run
-        trained = model  # (variables are float32 under every mixed policy, so the copy is exact)
-        model = build_compiled_model(dataclasses.replace(cfg, precision="float32"), num_classes)
+    if precision != "float32" or cfg.bias_lr_scale != 1.0:
+        # evaluate and save a float32 model compiled with Keras' own SGD: portable (no imgclf class
+        # in the file), and what users will run. Variables are float32 under every mixed policy,
+        # so the copy is exact.
+        trained = model
+        model = build_compiled_model(dataclasses.replace(cfg, precision="float32", bias_lr_scale=1.0), num_classes)
         model.set_weights(trained.get_weights())
 
     from .evaluation import evaluate_arrays, results_table, write_evaluation  # matplotlib/sklearn: imported late
