@@ -365,9 +365,12 @@ def main() -> int:
                          recipe=args.budget_recipe, **{"time_budget": budget, **kw}))
     if "fast94" in parts:
         squeeze = {}
-        if args.fast94_epochs:  # the whole schedule squeezed into fewer epochs (warmup stays 20% of it)
+        if args.fast94_epochs:  # the whole schedule squeezed into fewer epochs (warmup: the same share of it)
+            from imgclf.config import RECIPES
+
+            recipe = RECIPES["fast94"]
             squeeze["epochs"] = max(1, int(round(args.fast94_epochs)))
-            squeeze["warmup_epochs"] = 0.2 * squeeze["epochs"]
+            squeeze["warmup_epochs"] = recipe["warmup_epochs"] / recipe["epochs"] * squeeze["epochs"]
         kw, label = overrides("fast94", squeeze)
         for s in [int(v) for v in args.fast94_seeds.split(",")]:
             squeezed = f" {squeeze['epochs']} epochs" if squeeze else ""
