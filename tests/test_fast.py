@@ -189,6 +189,7 @@ def test_lookahead_pulls_weights_toward_a_slow_average_every_5_steps():
                                progress=lambda batch: batch / 10)
     la = Lookahead(schedule)
     la.set_model(model)
+    la.on_train_begin()
     kernel.assign(np.zeros((2, 1), np.float32))
     la.on_epoch_begin(0)
     assert la.average is None  # progress 0 < 0.2: not started

@@ -126,6 +126,14 @@ class Batches(keras.utils.PyDataset):
 # Callbacks
 # ---------------------------------------------------------------------------------------
 
+def sync_jax_state(model: keras.Model) -> None:
+    """JAX keeps the training state outside the variables during an epoch: write it back, so that
+    a callback reads current values and the trainer re-reads what the callback assigns before the
+    next step. A no-op on the other backends."""
+    if getattr(model, "_jax_state", None) is not None and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
 def lr_at(cfg: TrainConfig, progress: float) -> float:
     """Learning rate at `progress` in [0, 1] of training (by steps, or by wall time with a budget)."""
     base = cfg.learning_rate
@@ -170,10 +178,7 @@ class Schedule(keras.callbacks.Callback):
         if self.cfg.lr_schedule == "constant" and not self.cfg.warmup_epochs:
             return
         lr = lr_at(self.cfg, self.progress(batch))
-        if getattr(self.model, "_jax_state", None) is not None and hasattr(self.model, "jax_state_sync"):
-            # JAX keeps the training state outside the variables during an epoch: write it back,
-            # so that the trainer re-reads it (with this learning rate) before the next step.
-            self.model.jax_state_sync()
+        sync_jax_state(self.model)  # so that the next step reads this learning rate
         self.model.optimizer.learning_rate.assign(lr)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -195,17 +200,14 @@ class Lookahead(keras.callbacks.Callback):
         super().__init__()
         self.schedule, self.every, self.base, self.power = schedule, every, base, power
         self.average: list[np.ndarray] | None = None
+        self.variables: list = []
 
-    def _variables(self):
-        return [v for v in self.model.weights if keras.backend.standardize_dtype(v.dtype).startswith("float")]
-
-    def _sync(self):  # JAX keeps the state outside the variables during an epoch (see Schedule)
-        if getattr(self.model, "_jax_state", None) is not None and hasattr(self.model, "jax_state_sync"):
-            self.model.jax_state_sync()
+    def on_train_begin(self, logs=None):
+        self.variables = [v for v in self.model.weights if keras.backend.standardize_dtype(v.dtype).startswith("float")]
 
     def _snapshot(self):
-        self._sync()
-        return [np.array(keras.ops.convert_to_numpy(v)) for v in self._variables()]
+        sync_jax_state(self.model)
+        return [np.array(keras.ops.convert_to_numpy(v)) for v in self.variables]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.average = self._snapshot() if self.schedule.progress(0) >= self.schedule.cfg.lookahead_start else None
@@ -226,8 +228,8 @@ class Lookahead(keras.callbacks.Callback):
             self._assign()  # the epoch (and its validation) ends on the average, as in airbench
 
     def _assign(self):
-        self._sync()
-        for a, v in zip(self.average, self._variables()):
+        sync_jax_state(self.model)
+        for a, v in zip(self.average, self.variables):
             v.assign(a.copy())  # a copy: JAX must not share a buffer with our average
 
 
