@@ -5,7 +5,7 @@
 It proves that this environment cannot import tensorflow or keras, then, with the .onnx model
 shipped as `--pretrained cifar10`, that `imgclf predict` works and that `imgclf serve` answers
 /health, /model, /docs (offline assets), POST /predict (with an occlusion heatmap) and a bad
-upload with a 4xx. Standard library only on the client side. Exit status 0 = all good; the last
+upload with a 4xx, and that both refuse an .onnx file with bad metadata with one error line. Standard library only on the client side. Exit status 0 = all good; the last
 line is 'N passed, 0 failed'.
 """
 
@@ -50,6 +50,67 @@ def request(url, body=None, ctype=None):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        n, i, shift = n | (buf[i] & 0x7F) << shift, i + 1, shift + 7
+        if buf[i - 1] < 0x80:
+            return n, i
+
+
+def with_imgclf_metadata(model: bytes, text: str) -> bytes:
+    """An ONNX model (protobuf ModelProto) whose only metadata_props entry is imgclf = `text`,
+    without the onnx package: field 14 holds StringStringEntryProto {key = 1, value = 2}."""
+    out, i = bytearray(), 0
+    while i < len(model):
+        start = i
+        tag, i = read_varint(model, i)
+        if tag & 7 == 0:
+            i = read_varint(model, i)[1]
+        elif tag & 7 == 2:
+            size, i = read_varint(model, i)
+            i += size
+        else:
+            i += {1: 8, 5: 4}[tag & 7]
+        if tag >> 3 != 14:
+            out += model[start:i]
+    key, value = b"imgclf", text.encode()
+    entry = b"\x0a" + varint(len(key)) + key + b"\x12" + varint(len(value)) + value
+    return bytes(out + b"\x72" + varint(len(entry)) + entry)
+
+
+def check_bad_metadata(tmp: Path, img: Path) -> None:
+    """predict and serve refuse an .onnx file whose metadata is wrong with one error line, exit 2."""
+    from imgclf.zoo import PRETRAINED_DIR
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    good = {"class_names": classes, "input_size": 32, "resize": "stretch"}
+    cases = (("good", good), ("temperature", {**good, "temperature": 0}),
+             ("class_names", {**good, "class_names": classes[:9]}))
+    for i, (name, meta) in enumerate(cases):
+        path = tmp / f"model{i}.onnx"  # the field is not in the file name
+        path.write_bytes(with_imgclf_metadata((PRETRAINED_DIR / "cifar10.onnx").read_bytes(), json.dumps(meta)))
+        if name == "good":  # the rewritten file itself is sound
+            r = subprocess.run(IMGCLF + ["predict", str(path), str(img)], capture_output=True, text=True, timeout=120)
+            check("a rewritten .onnx with good metadata predicts", r.returncode == 0, r.stderr[-500:])
+            continue
+        for command in (["predict", str(path), str(img)], ["serve", str(path), "--port", "9"]):
+            r = subprocess.run(IMGCLF + command, capture_output=True, text=True, timeout=120)
+            lines = r.stderr.strip().splitlines()
+            one_line = len(lines) == 1 and lines[0].startswith("error: ") and path.name in lines[0]
+            check(f"{command[0]} refuses bad {name} metadata with one error line", r.returncode == 2 and one_line
+                  and name in lines[0].replace(str(path), ""), r.stderr[-500:])
 
 
 def main() -> int:
@@ -98,6 +159,7 @@ def main() -> int:
             server.terminate()
             out = server.communicate(timeout=20)[0]
         check("serve imported no tensorflow", "tensorflow" not in out.lower(), out[-500:])
+        check_bad_metadata(Path(tmp), img)
     print(f"{checks['passed']} passed, {checks['failed']} failed")
     return 1 if checks["failed"] else 0
 

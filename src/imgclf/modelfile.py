@@ -12,30 +12,55 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 from .errors import ImgclfError
+from .modelmeta import MAX_META_BYTES, check_shapes, max_model_bytes, parse_meta_json, validate_meta
 
 META_MEMBER = "imgclf.json"
-REQUIRED_META = ("class_names", "input_size", "resize")
+MAX_MEMBERS = 10_000  # a Keras archive has a handful
+
+
+def _check_sizes(path: Path, z: zipfile.ZipFile) -> None:
+    """Refuse a zip bomb before anything inflates it: each member's declared (uncompressed) size
+    is checked against its cap. zipfile never inflates a member past its declared size."""
+    members = z.infolist()
+    if len(members) > MAX_MEMBERS:
+        raise ImgclfError(f"{path}: {len(members):,} members inside (at most {MAX_MEMBERS:,} expected in a model file)")
+    cap = max_model_bytes()
+    total = 0
+    for item in members:
+        if item.filename == META_MEMBER and item.file_size > MAX_META_BYTES:
+            raise ImgclfError(f"{path}: {META_MEMBER} is {item.file_size:,} bytes uncompressed "
+                              f"(at most {MAX_META_BYTES:,} expected)")
+        total += item.file_size
+        if total > cap:
+            raise ImgclfError(f"{path}: the model is over {cap:,} bytes uncompressed ({item.filename[:60]!r} "
+                              f"alone is {item.file_size:,}); set IMGCLF_MAX_MODEL_BYTES to allow more")
 
 
 def read_meta(path: str | Path) -> dict:
-    """Read imgclf's metadata from a .keras file without importing Keras."""
+    """Read and validate imgclf's metadata from a .keras file without importing Keras."""
     path = Path(path)
     if not path.is_file():
         raise ImgclfError(f"{path}: model file not found")
     try:
-        with zipfile.ZipFile(path) as z:
-            if META_MEMBER not in z.namelist():
-                raise ImgclfError(f"{path}: no {META_MEMBER} inside (expected a model saved by imgclf)")
-            meta = json.loads(z.read(META_MEMBER))
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError):
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
         raise ImgclfError(f"{path}: not a valid .keras model file (expected a zip archive)") from None
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise ImgclfError(f"{path}: {META_MEMBER} lacks {', '.join(missing)}")
-    return meta
+    with z:
+        _check_sizes(path, z)
+        if META_MEMBER not in z.namelist():
+            raise ImgclfError(f"{path}: no {META_MEMBER} inside (expected a model saved by imgclf)")
+        try:
+            with z.open(META_MEMBER) as f:
+                raw = f.read(MAX_META_BYTES + 1)  # bounded, whatever the header says
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+            raise ImgclfError(f"{path}: {META_MEMBER} inside is unreadable or corrupt ({str(e)[:100]})") from None
+    if len(raw) > MAX_META_BYTES:
+        raise ImgclfError(f"{path}: {META_MEMBER} is over {MAX_META_BYTES:,} bytes")
+    return validate_meta(parse_meta_json(raw, f"{path}: {META_MEMBER}"), f"{path}: {META_MEMBER}")
 
 
 def write_meta(path: str | Path, meta: dict) -> None:
@@ -64,12 +89,13 @@ def save_model(model, path: str | Path, meta: dict) -> Path:
 
 def load_model(path: str | Path, compile: bool = False):
     """(keras model, meta), loaded in safe mode (no arbitrary code from the file)."""
+    meta = read_meta(path)  # also refuses oversized members before Keras opens the zip
     import keras
 
-    meta = read_meta(path)
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as e:  # keras raises many types; the user needs one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImgclfError(f"{path}: cannot load the model ({first})") from None
+        raise ImgclfError(f"{path}: cannot load the model ({first[:200]})") from None
+    check_shapes(meta, f"{path}: {META_MEMBER}", model.input_shape, model.output_shape)
     return model, meta

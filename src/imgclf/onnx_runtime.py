@@ -10,7 +10,6 @@ This module must never import tensorflow or keras (the slim serving install has 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import numpy as np
 
 from .errors import ImgclfError
 from .inference import Classifier
+from .modelmeta import MAX_META_BYTES, check_shapes, max_model_bytes, parse_meta_json, validate_meta
 
 META_KEY = "imgclf"
-REQUIRED_META = ("class_names", "input_size", "resize")
 
 
 def _session(path: Path, threads: int | None):
@@ -45,17 +44,15 @@ def _session(path: Path, threads: int | None):
 
 
 def read_onnx_meta(session, path: Path) -> dict:
+    """imgclf's metadata from an ONNX Runtime session of `path`, validated."""
     props = session.get_modelmeta().custom_metadata_map
     if META_KEY not in props:
         raise ImgclfError(f"{path}: no '{META_KEY}' metadata inside (expected a model exported by imgclf export)")
-    try:
-        meta = json.loads(props[META_KEY])
-    except json.JSONDecodeError:
-        raise ImgclfError(f"{path}: the '{META_KEY}' metadata is not valid JSON") from None
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise ImgclfError(f"{path}: '{META_KEY}' metadata lacks {', '.join(missing)}")
-    return meta
+    where = f"{path}: '{META_KEY}' metadata"
+    raw = props[META_KEY]
+    if len(raw) > MAX_META_BYTES:
+        raise ImgclfError(f"{where}: {len(raw):,} characters (at most {MAX_META_BYTES:,} expected)")
+    return validate_meta(parse_meta_json(raw, where), where)
 
 
 class OnnxClassifier(Classifier):
@@ -71,17 +68,22 @@ class OnnxClassifier(Classifier):
         path = Path(path)
         if not path.is_file():
             raise ImgclfError(f"{path}: model file not found")
+        cap = max_model_bytes()
+        if path.stat().st_size > cap:
+            raise ImgclfError(f"{path}: the model is over {cap:,} bytes; set IMGCLF_MAX_MODEL_BYTES to allow more")
         threads = threads or (int(os.environ["IMGCLF_ORT_THREADS"]) if os.environ.get("IMGCLF_ORT_THREADS") else None)
         self.session = _session(path, threads)
         meta = read_onnx_meta(self.session, path)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ImgclfError(f"{path}: expected a model with one image input and one output, it has "
+                              f"{len(inputs)} inputs and {len(outputs)} outputs")
+        check_shapes(meta, f"{path}: '{META_KEY}' metadata", inputs[0].shape, outputs[0].shape)
         super().__init__(path, meta)
-        inp = self.session.get_inputs()[0]
+        inp = inputs[0]
         self.input_name = inp.name
         self.input_dtype = np.uint8 if "uint8" in inp.type else np.float32
-        shape = inp.shape
-        if len(shape) != 4 or shape[-1] != 3:
-            raise ImgclfError(f"{path}: expected an NHWC RGB input, the model takes {inp.name}{shape}")
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
 
     def _raw_probs(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=self.input_dtype)
