@@ -14,8 +14,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import RECIPES, TrainConfig
-from .errors import ImgclfError
+from .config import RECIPES, TrainConfig, load_yaml
+from .errors import ImgclfError, quote, shorten
 
 ALIASES = {"learning_rate": ["--lr"], "data": ["-d"], "epochs": ["-e"]}
 
@@ -32,6 +32,13 @@ def parse_duration(text: str) -> float:
 
 TTA_HELP = ("test-time augmentation: the mean over each image and its mirror, and over shifted copies too "
             "if the model's recipe used them (its tta_translate)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with imgclf's error style: one short `error:` line (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {shorten(message, 200)} (see {self.prog} --help)\n")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -51,14 +58,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _model_options(pairs) -> dict:
-    import yaml
-
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ImgclfError(f"--model-option: expected KEY=VALUE, got {pair!r}")
+            raise ImgclfError(f"--model-option: expected KEY=VALUE, got {quote(pair)}")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        out[key] = load_yaml(value, f"--model-option {shorten(key)}")  # no aliases: no YAML bombs
     return out
 
 
@@ -69,6 +74,8 @@ def cmd_train(args) -> int:
     overrides.pop("model_options", None)
     if args.model_option:
         overrides["model_options"] = _model_options(args.model_option)
+    if getattr(args, "repeats", 1) < 1:
+        raise ImgclfError(f"--repeats: expected an integer >= 1, got {args.repeats}")
     if getattr(args, "repeats", 1) != 1:  # mean +- std over seeds (imgclf.repeats)
         from .repeats import train_repeats
 
@@ -120,6 +127,8 @@ def cmd_predict(args) -> int:
     model, paths = _model_or_pretrained(args)
     if not paths:
         raise ImgclfError("PATHS: give one or more image files or folders")
+    if args.top_k < 1:
+        raise ImgclfError(f"--top-k: expected an integer >= 1, got {args.top_k}")
     rows = predict(model, paths, k=args.top_k, tta=args.tta)
     print_predictions(rows, as_json=args.json, csv_path=args.csv)
     return 0
@@ -138,11 +147,11 @@ def cmd_serve(args) -> int:
 
     model, extra = _model_or_pretrained(args, prefer=("keras", "onnx"))  # .keras gives Grad-CAM heatmaps
     if extra:
-        raise ImgclfError(f"serve: unexpected argument {extra[0]!r} (give one model file)")
+        raise ImgclfError(f"serve: unexpected argument {quote(extra[0])} (give one model file)")
     for name in ("max_files", "max_batch"):
         if getattr(args, name) < 1:
             raise ImgclfError(f"--{name.replace('_', '-')}: expected an integer >= 1")
-    if args.max_mb <= 0 or args.batch_window_ms < 0:
+    if not (args.max_mb > 0 and args.batch_window_ms >= 0):  # (NaN fails both)
         raise ImgclfError("--max-mb must be > 0 and --batch-window-ms >= 0")
     serve(model, host=args.host, port=args.port, max_files=args.max_files, max_bytes=int(args.max_mb * 1e6),
           batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, heatmap=args.heatmap)
@@ -158,7 +167,7 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgclf", description="Train, tune, evaluate and deploy CNN image classifiers.")
+    parser = Parser(prog="imgclf", description="Train, tune, evaluate and deploy CNN image classifiers.")
     parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -242,8 +251,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ImgclfError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ImgclfError as e:  # one line, bounded, whatever the message holds
+        print(f"error: {shorten(' '.join(str(e).splitlines()), 2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (a training run continues with: imgclf train --resume RUN_DIR)", file=sys.stderr)

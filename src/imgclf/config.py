@@ -11,6 +11,8 @@ The resolved config is written to every run directory as config.yaml.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,7 +20,13 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, quote, shorten
+from .images import read_regular_file
+
+MAX_CONFIG_BYTES = 1_000_000  # a config or search-space file larger than this is refused unread
+MAX_STR = 4096  # longest string field (a path) accepted
+MAX_INT = 2**63 - 1  # integers must fit 64 bits (NumPy, TensorFlow)
+MAX_NESTING = 50  # deepest nesting of lists/mappings accepted in a YAML file
 
 
 @dataclass
@@ -84,6 +92,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+MAX_INPUT_SIZE = 4096  # pixels per side: the image pixel limit (imgclf.images.MAX_PIXELS) allows no more
 
 # Named recipes: overrides of the defaults. seed_cnn is the defaults themselves.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -123,12 +132,80 @@ RECIPES.update({
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
+def _first_line(e: Exception, limit: int = 120) -> str:
+    return shorten(str(e).splitlines()[0] if str(e) else type(e).__name__, limit)
 
-def _check_value(name: str, value: Any, source: str) -> Any:
+
+# ---------------------------------------------------------------------------------------
+# Reading YAML and TOML files
+# ---------------------------------------------------------------------------------------
+
+class SafeNoAliasLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader (plain data, no code) that also refuses aliases and deep nesting.
+
+    An alias (`*name`) repeats an anchored node (`&name`); aliases of aliases make a few hundred
+    bytes stand for gigabytes ("billion laughs"), which any later repr, copy or dump expands.
+    imgclf's config and search-space files never need them, so every alias is refused: simpler
+    and stricter than counting expansions, and the file size alone then bounds the document."""
+
+    depth = 0  # nesting level of the node being composed
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in imgclf files",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_NESTING} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None) or getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if problem is None:
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return shorten(problem, 120) + where
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with SafeNoAliasLoader; ConfigError naming `source` on anything invalid."""
+    try:
+        return yaml.load(text, Loader=SafeNoAliasLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({_yaml_problem(e)})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{source}: not valid YAML ({_first_line(e)})") from None
+
+
+def read_text_file(path: str | Path, what: str = "a YAML or TOML config file",
+                   max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `max_bytes` (a FIFO or device is refused unopened)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"{path}: file not found (expected {what})")
+    raw = read_regular_file(path, max_bytes, what)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text at byte {e.start} (expected {what})") from None
+
+
+def read_yaml_file(path: str | Path, what: str = "a YAML file") -> Any:
+    """A YAML file read with every bound above: size, regular file, no aliases, nesting depth."""
+    return load_yaml(read_text_file(path, what), str(path))
+
+
+def check_value(name: str, value: Any, source: str) -> Any:
     """Coerce/check one config value against the dataclass field type."""
-    if name not in FIELD_TYPES:
+    if not isinstance(name, str) or name not in FIELD_TYPES:
         known = ", ".join(sorted(FIELD_TYPES))
-        raise ConfigError(f"{source}: unknown config field {name!r} (known fields: {known})")
+        raise ConfigError(f"{source}: unknown config field {quote(name)} (known fields: {known})")
     kind = FIELD_TYPES[name]
     if value is None:
         if "None" in kind:
@@ -145,27 +222,39 @@ def _check_value(name: str, value: Any, source: str) -> Any:
         if base == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
+            if isinstance(value, str) and len(value) > 30:
                 raise ValueError
-            return float(value)
+            number = int(value)
+            if abs(number) > MAX_INT:
+                raise ValueError
+            return number
+        if base == "float":
+            if isinstance(value, bool) or (isinstance(value, str) and len(value) > 60):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if base == "str":
-            if not isinstance(value, (str, Path)):
+            if not isinstance(value, (str, Path)) or len(str(value)) > MAX_STR:
                 raise ValueError
             return str(value)
         if base == "dict":
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ValueError
             return dict(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: field {name!r} expects {kind}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        detail = {"int": " (a whole number of at most 64 bits)", "float": " (a finite number)",
+                  "str": f" (at most {MAX_STR} characters)", "dict": " (a mapping with string keys)"}.get(base, "")
+        raise ConfigError(f"{source}: field {name!r} expects {kind}{detail}, got {quote(value)}") from None
     return value
+
+
 
 
 def _validate(cfg: TrainConfig) -> TrainConfig:
     def bad(name, expected):
-        raise ConfigError(f"config: field {name!r} expects {expected}, got {getattr(cfg, name)!r}")
+        raise ConfigError(f"config: field {name!r} expects {expected}, got {quote(getattr(cfg, name))}")
 
     if cfg.resize not in ("stretch", "crop", "pad"):
         bad("resize", "one of stretch, crop, pad")
@@ -175,9 +264,23 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         bad("epochs", "an integer >= 1")
     if cfg.batch_size < 1:
         bad("batch_size", "an integer >= 1")
-    if cfg.input_size < 8:
-        bad("input_size", "an integer >= 8")
-    if cfg.learning_rate <= 0:
+    if not 8 <= cfg.input_size <= MAX_INPUT_SIZE:
+        bad("input_size", f"an integer from 8 to {MAX_INPUT_SIZE}")
+    for name in ("seed", "split_seed"):
+        if not 0 <= getattr(cfg, name) < 2**32:
+            bad(name, "an integer from 0 to 2**32 - 1")
+    if cfg.limit_per_class is not None and cfg.limit_per_class < 1:
+        bad("limit_per_class", "an integer >= 1 (or nothing: all images)")
+    for name in ("augment_translate", "augment_cutout", "early_stopping"):
+        if getattr(cfg, name) < 0:
+            bad(name, "an integer >= 0 (0 = off)")
+    for name in ("weight_decay", "warmup_epochs"):
+        if getattr(cfg, name) < 0:
+            bad(name, "a number >= 0")
+    for name in ("momentum", "ema_momentum"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            bad(name, "a number in [0, 1]")
+    if not cfg.learning_rate > 0:
         bad("learning_rate", "a positive number")
     if cfg.optimizer not in ("sgd", "adamw"):
         bad("optimizer", "one of sgd, adamw")
@@ -205,26 +308,43 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         bad("label_smoothing", "a number in [0, 1)")
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         bad("recipe", f"one of {', '.join(RECIPES)}")
+    _check_model(cfg)
     return cfg
 
 
-def read_config_file(path: str | Path) -> dict:
-    """Read a YAML or TOML config file into a plain dict (no code is ever executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+def _check_model(cfg: TrainConfig) -> None:
+    """The model name and the names of its options, checked before any data is loaded (or cached)."""
+    from .models import MODELS, list_models  # lazy: imports Keras
+
+    if cfg.model not in MODELS:
+        raise ConfigError(f"config: field 'model' expects one of {', '.join(list_models())}, got {quote(cfg.model)}")
     try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(path.read_text())
-        else:
-            data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML/TOML ({first})") from None
+        inspect.signature(MODELS[cfg.model]).bind(num_classes=2, input_shape=(cfg.input_size, cfg.input_size, 3),
+                                                  **cfg.model_options)
+    except TypeError as e:
+        raise ConfigError(f"config: field 'model_options': {shorten(e, 120)} (model {cfg.model})") from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML or TOML config file into a plain dict (no code is ever executed).
+
+    Bounded: a regular file of at most MAX_CONFIG_BYTES, YAML without aliases (SafeNoAliasLoader)."""
+    path = Path(path)
+    text = read_text_file(path, "a YAML or TOML config file")
+    if path.suffix.lower() == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({_first_line(e)})") from None
+    else:
+        data = load_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    for name in data:
+        if not isinstance(name, str) or name not in FIELD_TYPES:
+            check_value(name, None, str(path))  # raises: unknown config field
     return data
 
 
@@ -234,15 +354,15 @@ def make_config(config_file: str | Path | None = None, recipe: str | None = None
     recipe = overrides.get("recipe") or file_values.get("recipe") or recipe
     values: dict[str, Any] = {}
     if recipe is not None:
-        if recipe not in RECIPES:
-            raise ConfigError(f"recipe: unknown recipe {recipe!r} (expected one of {', '.join(RECIPES)})")
+        if not isinstance(recipe, str) or recipe not in RECIPES:
+            raise ConfigError(f"recipe: unknown recipe {quote(recipe)} (expected one of {', '.join(RECIPES)})")
         values.update(RECIPES[recipe])
         values["recipe"] = recipe
     for source, layer in ((str(config_file), file_values), ("argument", overrides)):
         for name, value in layer.items():
             if layer is overrides and value is None:
                 continue  # an unset command-line flag does not override anything
-            values[name] = _check_value(name, value, source)
+            values[name] = check_value(name, value, source)
     return _validate(TrainConfig(**values))
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .images import IMAGE_EXTENSIONS, to_rgb
+from .errors import DataError, quote
+from .fileio import atomic_write
+from .images import IMAGE_EXTENSIONS, check_regular_file, to_rgb
+from .modelmeta import class_name_problem
 
 CACHE_FORMAT = 1
 
@@ -80,7 +82,11 @@ class Dataset:
 # ---------------------------------------------------------------------------------------
 
 def scan_folder(root: str | Path, skip_bad: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
-    """List `root/<class>/<image>` files: (relative names, labels, sorted class names)."""
+    """List `root/<class>/<image>` files: (relative names, labels, sorted class names).
+
+    Nothing is opened here: each entry is only stat-ed, and anything but a regular image file
+    (or a symlink to one) is refused, or skipped with a warning when `skip_bad`. A FIFO, socket,
+    device or broken link would otherwise hang or fail the decoding later."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: folder not found")
@@ -89,18 +95,27 @@ def scan_folder(root: str | Path, skip_bad: bool = False) -> tuple[list[str], np
     class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_names:
         raise DataError(f"{root}: no class sub-folders found (expected {root}/<class>/<image files>)")
+    if len(class_names) == 1:
+        raise DataError(f"{root}: found 1 class folder ({class_names[0]}); expected at least 2")
+    for name in class_names:
+        problem = class_name_problem(name)
+        if problem:
+            raise DataError(f"{root}: class folder {quote(name)}: a class name must be {problem}")
     files, labels = [], []
     for label, name in enumerate(class_names):
         found = 0
         for path in sorted((root / name).iterdir()):
             if path.name.startswith(".") or path.is_dir():
                 continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            try:
+                check_regular_file(path)
+                if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise DataError(f"{path}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
+            except DataError as e:
                 if skip_bad:
-                    print(f"warning: {path}: skipped, not an image file", file=sys.stderr)
+                    print(f"warning: skipped {e}", file=sys.stderr)
                     continue
-                raise DataError(f"{path}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)};"
-                                f" --skip-bad-images skips it)")
+                raise DataError(f"{e}; --skip-bad-images skips it") from None
             files.append(f"{name}/{path.name}")
             labels.append(label)
             found += 1
@@ -130,8 +145,11 @@ def _cache_key(root: Path, files: list[str], size, resize) -> str:
 
 
 def decode_images(root: Path, files: list[str], size=(32, 32), resize="stretch",
-                  skip_bad: bool = False, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Decode files into a uint8 array; returns (images, indices of the files kept)."""
+                  skip_bad: bool = False, use_cache: bool = True, check=None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode files into a uint8 array; returns (images, indices of the files kept).
+
+    `check(kept)`, if given, may raise on the files kept (when `skip_bad` dropped some); it runs
+    before the cache file is written, so a rejected set leaves no cache behind."""
     key = _cache_key(root, files, size, resize) if use_cache else None
     cached = cache_dir() / f"images-{key}.npz" if key else None
     if cached is not None and cached.exists():
@@ -159,14 +177,16 @@ def decode_images(root: Path, files: list[str], size=(32, 32), resize="stretch",
             print(f"warning: skipped {e}", file=sys.stderr)
         print(f"warning: skipped {len(errors)} bad image(s) of {len(files)}", file=sys.stderr)
     kept = np.asarray([i for i, im in enumerate(images) if im is not None], dtype=np.int64)
+    if check is not None:
+        check(kept)
     h, w = size
     x = np.stack([images[i] for i in kept]) if len(kept) else np.zeros((0, h, w, 3), np.uint8)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez(f, x=x, kept=kept)
-        os.replace(tmp, cached)  # readers never see a half-written cache file
+        try:  # temp file + rename: readers never see a half-written cache file
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cached, lambda f: np.savez(f, x=x, kept=kept))
+        except OSError as e:  # a cache that cannot be written only costs the next run time
+            print(f"warning: {cached}: cache not written ({e.strerror or type(e).__name__})", file=sys.stderr)
     return x, kept
 
 
@@ -174,21 +194,44 @@ def _max_memory_bytes() -> float:
     return float(os.environ.get("IMGCLF_MAX_MEMORY_GB", 8)) * 2**30
 
 
-def load_folder(root: str | Path, size=(32, 32), resize="stretch", skip_bad=False,
-                limit_per_class: int | None = None, class_names: list[str] | None = None) -> tuple[ImageSet, list[str]]:
-    """Load an image folder as an ImageSet (in memory, or streaming if it is too large)."""
+def _some(names: list[str], n: int = 8) -> str:
+    """A class-name list for a message: at most `n` names, so a line stays short."""
+    names = list(names)
+    return str(names) if len(names) <= n else f"{str(names[:n])[:-1]}, ... ({len(names)} in all)]"
+
+
+def list_folder(root: str | Path, skip_bad=False, limit_per_class: int | None = None,
+                class_names: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """scan_folder, checked against expected `class_names` and cut to `limit_per_class`; nothing decoded."""
     root = Path(root)
     files, labels, names = scan_folder(root, skip_bad)
     if class_names is not None and names != list(class_names):
-        raise DataError(f"{root}: classes {names} differ from the training classes {list(class_names)}")
+        raise DataError(f"{root}: classes {_some(names)} differ from the training classes {_some(class_names)}")
     if limit_per_class:
         keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in range(len(names))])
         files, labels = [files[i] for i in keep], labels[keep]
+    return files, labels, names
+
+
+def decode_folder(root: str | Path, files: list[str], labels: np.ndarray, size=(32, 32), resize="stretch",
+                  skip_bad=False, check=None) -> ImageSet:
+    """An ImageSet of listed files: decoded into memory (and cached), or streaming if too large.
+
+    `check(labels_kept)` runs on the labels of the images kept, before anything is cached."""
+    root = Path(root)
     if len(files) * size[0] * size[1] * 3 > _max_memory_bytes():
         print(f"note: {root}: {len(files)} images exceed the in-memory limit; streaming from disk", file=sys.stderr)
-        return ImageSet(labels, files, None, root, tuple(size), resize), names
-    x, kept = decode_images(root, files, size, resize, skip_bad)
-    return ImageSet(labels[kept], [files[i] for i in kept], x, root, tuple(size), resize), names
+        return ImageSet(labels, files, None, root, tuple(size), resize)
+    x, kept = decode_images(root, files, size, resize, skip_bad,
+                            check=None if check is None else (lambda kept: check(labels[kept])))
+    return ImageSet(labels[kept], [files[i] for i in kept], x, root, tuple(size), resize)
+
+
+def load_folder(root: str | Path, size=(32, 32), resize="stretch", skip_bad=False,
+                limit_per_class: int | None = None, class_names: list[str] | None = None) -> tuple[ImageSet, list[str]]:
+    """Load an image folder as an ImageSet (in memory, or streaming if it is too large)."""
+    files, labels, names = list_folder(root, skip_bad, limit_per_class, class_names)
+    return decode_folder(root, files, labels, size, resize, skip_bad), names
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,8 +242,22 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     try:
         tr, va = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
     except ValueError as e:
-        raise DataError(f"validation split: cannot split {len(labels)} images stratified by class ({e})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"val_fraction: cannot split {len(labels)} images stratified by class into a validation "
+                        f"split of {val_fraction:g} ({reason})") from None
     return np.sort(tr), np.sort(va)
+
+
+def check_splittable(root: Path, labels: np.ndarray, class_names: list[str], val_fraction: float,
+                     split_seed: int) -> None:
+    """Refuse, before anything is decoded or cached, a set the validation split cannot be carved from:
+    every class needs at least 2 images (one to train on, one to validate with)."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    for name, n in zip(class_names, counts):
+        if n < 2:
+            raise DataError(f"{Path(root) / name}: {n} usable image(s); expected at least 2 per class "
+                            f"(one for training, one for the validation split)")
+    stratified_split(labels, val_fraction, split_seed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,8 +287,13 @@ def _load_cifar(data: str, limit_per_class):
 
 def load_dataset(data: str, test_data: str | None = None, input_size: int = 32, resize: str = "stretch",
                  val_fraction: float = 0.1, split_seed: int = 0, limit_per_class: int | None = None,
-                 skip_bad_images: bool = False) -> Dataset:
-    """Load training images (and a test set, if any) and carve the fixed validation split."""
+                 skip_bad_images: bool = False, class_names: list[str] | None = None) -> Dataset:
+    """Load training images (and a test set, if any) and carve the fixed validation split.
+
+    Every check that needs no pixels (folders, class names, file types, split sizes) runs on
+    the file lists of both sets before any image is decoded or cached. `class_names`, if given
+    (a model's), must be the dataset's classes."""
+    expected = class_names
     if not data:
         raise DataError("data: no dataset given (expected an image folder, a CIFAR-10 archive or 'cifar10')")
     size = (input_size, input_size)
@@ -239,16 +301,26 @@ def load_dataset(data: str, test_data: str | None = None, input_size: int = 32, 
     if is_cifar_source(data):
         if input_size != 32:
             raise DataError(f"{data}: CIFAR-10 images are 32x32; input_size must be 32, got {input_size}")
-        full, test, class_names = _load_cifar(data, limit_per_class)
+        full, test, class_names = _load_cifar(data, limit_per_class)  # arrays: nothing is cached
+        if expected is not None and class_names != list(expected):
+            raise DataError(f"{data}: classes {_some(class_names)} differ from the model's {_some(expected)}")
+        test_list = list_folder(test_data, skip_bad_images, class_names=class_names) if test_data else None
     else:
         root = Path(data)
         if (root / "train").is_dir():
             if test_data is None and (root / "test").is_dir():
                 test_data = str(root / "test")
             root = root / "train"
-        full, class_names = load_folder(root, size, resize, skip_bad_images, limit_per_class)
-    if test_data:
-        test, _ = load_folder(test_data, size, resize, skip_bad_images, class_names=class_names)
+        files, labels, class_names = list_folder(root, skip_bad_images, limit_per_class, expected)
+        test_list = list_folder(test_data, skip_bad_images, class_names=class_names) if test_data else None
+
+        def check(y):
+            check_splittable(root, y, class_names, val_fraction, split_seed)
+
+        check(labels)
+        full = decode_folder(root, files, labels, size, resize, skip_bad_images, check)
+    if test_list is not None:
+        test = decode_folder(test_data, test_list[0], test_list[1], size, resize, skip_bad_images)
     tr, va = stratified_split(full.y, val_fraction, split_seed)
     train, val = full.subset(tr), full.subset(va)
     split = {"source": str(data), "seed": split_seed, "val_fraction": val_fraction,

@@ -5,7 +5,9 @@ input size. Doing this in exactly one place is what makes training and serving a
 
 Rules, in order:
 1. Pixel limit: images above MAX_PIXELS are refused (Pillow's decompression-bomb guard, set
-   far below its 89 MP default, with its warning turned into an error).
+   far below its 89 MP default, with its warning turned into an error). Only regular files
+   (or symlinks to them) up to MAX_FILE_BYTES are read: a FIFO, socket or device would block
+   or never end, so it is refused before it is opened (check_regular_file).
 2. EXIF orientation is applied (phone photos are often stored sideways).
 3. Mode: 16-bit grayscale ("I;16", "I") is scaled 0..65535 -> 0..255 (not clipped);
    32-bit float ("F") is taken as 0..1 if its max is <= 1, else 0..255; RGBA / LA / palette
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -32,17 +35,79 @@ from .errors import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 RESIZE_RULES = ("stretch", "crop", "pad")
 MAX_PIXELS = 16_000_000  # 16 MP: ample for classifier inputs, far below Pillow's 89 MP default
+MAX_FILE_BYTES = 128 * 2**20  # an image file larger than this is refused before it is read
 BACKGROUND = (128, 128, 128)  # fixed colour for transparency and padding
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "an unknown kind of file"
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "an image file") -> os.stat_result:
+    """Stat `path` (following symlinks) without opening it; DataError unless it is a regular file.
+
+    Call this before opening any file a user names: opening a FIFO blocks until a writer
+    comes, and reading a device may never end."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DataError(f"{path}: broken symbolic link (expected {what})") from None
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: is {_kind(st.st_mode)}, not a regular file (expected {what})")
+    return st
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """True for a regular file or a symlink to one (False for FIFOs, sockets, devices, broken links)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES, what: str = "an image file") -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; DataError naming `path` otherwise.
+
+    Checked before opening (check_regular_file) and again on the open descriptor, which is
+    opened non-blocking so that a file swapped for a FIFO in between cannot hang the read."""
+    st = check_regular_file(path, what)
+    if st.st_size > max_bytes:
+        raise DataError(f"{path}: {st.st_size:,} bytes; expected {what} of at most {max_bytes:,} bytes")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: is {_kind(mode)}, not a regular file (expected {what})")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise DataError(f"{path}: larger than {max_bytes:,} bytes; expected {what} of at most that size")
+    return data
+
+
 def _open(source) -> Image.Image:
-    """Open and fully decode `source` (path, bytes or PIL image), turning every failure into DataError."""
+    """Open and fully decode `source` (path, bytes, file object or PIL image), turning every
+    failure into DataError. A path is read only if it is a regular file of at most MAX_FILE_BYTES."""
     if isinstance(source, Image.Image):
         return source
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    if isinstance(source, (str, os.PathLike)):
+        name, fp = str(source), io.BytesIO(read_regular_file(source))
+    else:
+        name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

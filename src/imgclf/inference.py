@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImgclfError
-from .images import is_image_file, to_rgb
+from .images import check_regular_file, is_image_file, to_rgb
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -40,7 +40,10 @@ def tta_views(x: np.ndarray, translate: int = 0) -> list[tuple[float, np.ndarray
 
 
 class Classifier:
-    """A model plus its metadata. Subclasses implement `_raw_probs(x_uint8)`."""
+    """A model plus its metadata. Subclasses implement `_raw_probs(x_uint8)`.
+
+    `meta` must have passed modelmeta.validate_meta (modelfile.read_meta and
+    onnx_runtime.read_onnx_meta do that), and the model modelmeta.check_shapes."""
 
     runtime = "?"
 
@@ -67,6 +70,9 @@ class Classifier:
                         for weight, view in tta_views(batch, self.tta_translate))
             else:
                 p = self._raw_probs(batch)
+            if p.ndim != 2 or p.shape[1] != len(self.class_names):  # a model whose output shape was not fixed
+                raise ImgclfError(f"{self.path}: class_names: {len(self.class_names)} names for the model's "
+                                  f"output of shape {p.shape}")
             out.append(p)
         probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
         return apply_temperature(probs, self.temperature) if calibrated else probs
@@ -114,8 +120,11 @@ def expand_paths(paths) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)))
-        elif p.exists():
+            # a non-regular entry with an image name (FIFO, socket, broken link) is refused, not skipped
+            out.extend(sorted(q for q in p.rglob("*") if is_image_file(q) and not q.is_dir()
+                              and check_regular_file(q)))
+        elif p.exists() or p.is_symlink():
+            check_regular_file(p)
             out.append(p)
         else:
             raise ImgclfError(f"{p}: no such file or folder")

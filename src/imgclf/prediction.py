@@ -8,12 +8,33 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import DataError
+from .images import IMAGE_EXTENSIONS, check_regular_file, is_image_file
 from .inference import expand_paths, load_classifier, top_k
+
+
+def check_inputs(paths) -> None:
+    """Refuse, before any image is opened, what predict cannot read: a missing path, a folder
+    without image files, or an image that is not a regular file (a FIFO, socket or device would
+    hang or never end; a broken symlink cannot be read). Nothing is opened here."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            images = [q for q in sorted(p.rglob("*")) if is_image_file(q) and not q.is_dir()]
+            if not images:
+                raise DataError(f"{p}: no image files in this folder or its sub-folders "
+                                f"(expected {', '.join(IMAGE_EXTENSIONS)})")
+            for q in images:
+                check_regular_file(q)
+        elif p.exists() or p.is_symlink():
+            check_regular_file(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
 
 
 def predict(model: str | Path, paths, k: int = 5, batch_size: int = 256, tta: bool = False) -> list[dict]:
     """[{"file": ..., "top": [(class, probability), ...]}] for every image in `paths`."""
     clf = load_classifier(model)
+    check_inputs(paths)  # before expand_paths, which would skip or open odd entries
     files = expand_paths(paths)
     out = []
     for i in range(0, len(files), batch_size):
