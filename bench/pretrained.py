@@ -58,9 +58,8 @@ def main(argv=None) -> int:
     from imgclf.inference import expand_paths
     from imgclf.modelfile import read_meta
 
-    # report=True: the report step fits the temperature on half of the validation split and stores it
-    # in the model, so the shipped model's probabilities are calibrated (fast80's label smoothing
-    # leaves them under-confident otherwise)
+    # train fits the temperature on half of the validation split and stores it in the model, so the
+    # shipped model's probabilities are calibrated; report=True adds the HTML report beside it
     overrides = {"data": args.data, "recipe": args.recipe, "seed": args.seed, "report": True}
     if args.limit_per_class:
         overrides["limit_per_class"] = args.limit_per_class

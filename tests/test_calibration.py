@@ -1,4 +1,5 @@
-"""Calibration on constructed data with known answers: ECE, temperature fitting, halves, storage."""
+"""Calibration on constructed data with known answers: ECE, temperature fitting, halves, storage;
+and `train` storing the temperature in the model it writes, with or without a report."""
 
 from __future__ import annotations
 
@@ -150,17 +151,114 @@ def test_stored_temperature_is_applied_by_the_classifier(tmp_path):
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Dense(3)(x) * 20.0)
     model = keras.Model(inputs, outputs)
-    path = save_model(model, tmp_path / "m.keras", {"class_names": ["a", "b", "c"], "input_size": 8,
-                                                       "resize": "stretch", "temperature": 1.0})
+    meta = {"class_names": ["a", "b", "c"], "input_size": 8, "resize": "stretch"}
+    raw_path = save_model(model, tmp_path / "raw.keras", {**meta, "temperature": 1.0})
     imgs = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
-    raw = load_classifier(path).predict_proba(imgs)
-    meta = cal.store_temperature(path, {"temperature": 2.5, "ece_before": 0.2, "ece_after": 0.05,
-                                        "bins_before": [], "bins_after": []})
-    assert meta["temperature"] == 2.5 and read_meta(path)["calibration"]["ece_after"] == 0.05
+    raw = load_classifier(raw_path).predict_proba(imgs)
+    # what train stores: fit_for_model's temperature and record, written once with the model
+    z, y = calibrated_logits(n=400, k=3)
+    t, record = cal.fit_for_model(softmax(2.5 * z), y, seed=0)
+    path = save_model(model, tmp_path / "m.keras", {**meta, "temperature": t, "calibration": record})
+    assert read_meta(path)["temperature"] == t and read_meta(path)["calibration"]["ece_after"] == record["ece_after"]
     assert "bins_before" not in read_meta(path)["calibration"]
     clf = load_classifier(path)
-    assert clf.temperature == 2.5
+    assert clf.temperature == pytest.approx(t) and t > 1.5
     assert np.allclose(clf.predict_proba(imgs, calibrated=False), raw, atol=1e-6)
-    assert np.allclose(clf.predict_proba(imgs), apply_temperature(raw, 2.5), atol=1e-5)
+    assert np.allclose(clf.predict_proba(imgs), apply_temperature(raw, t), atol=1e-5)
     assert clf.predict_proba(imgs).max(1).mean() < raw.max(1).mean()  # softer
     assert np.array_equal(clf.predict_proba(imgs).argmax(1), raw.argmax(1))  # same decisions
+
+
+def test_fit_for_model_is_calibrate_or_says_why_not():
+    z, y = calibrated_logits(n=1000)
+    over = softmax(2.0 * z)
+    t, record = cal.fit_for_model(over, y, seed=4)
+    full = cal.calibrate(over, y, seed=4)
+    assert t == full["temperature"] and record == cal.summary(full) and record["seed"] == 4
+    assert set(record) == set(cal.STORED_NUMBERS)
+    # too few images: T = 1 and the reason
+    t, record = cal.fit_for_model(np.full((3, 2), 0.5), np.array([0, 1, 0]))
+    assert t == 1.0 and record == {"skipped": "calibration: need at least 4 validation images, got 3"}
+
+
+def test_stored_calibration_checks_what_it_reads():
+    z, y = calibrated_logits(n=200)
+    t, record = cal.fit_for_model(softmax(2.0 * z), y)
+    assert cal.stored_calibration({"temperature": t, "calibration": record}) == (t, record)
+    assert cal.stored_calibration({}) == (1.0, None)  # a model saved without one
+    assert cal.stored_calibration({"temperature": 1.0, "calibration": {"skipped": "x" * 5000}}) == \
+        (1.0, {"skipped": "x" * 300})  # bounded echo
+    for bad, field in [({"temperature": "2"}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+                       ({"temperature": -1.0}, "temperature"), ({"temperature": True}, "temperature"),
+                       ({"temperature": t, "calibration": [1]}, "calibration"),
+                       ({"temperature": t, "calibration": {"skipped": 3}}, "calibration.skipped"),
+                       ({"temperature": t, "calibration": {**record, "ece_after": None}}, "calibration.ece_after"),
+                       ({"temperature": t, "calibration": {**record, "fit_n": "9" * 100}}, "calibration.fit_n"),
+                       ({"temperature": t + 1, "calibration": record}, "calibration.temperature")]:
+        with pytest.raises(ImgclfError) as e:
+            cal.stored_calibration(bad, "m.keras")
+        assert str(e.value).startswith(f"m.keras: {field}") and len(str(e.value)) < 200
+
+
+def _val_set(run_dir):
+    """The run's validation ImageSet (rebuilt from its config), the model's metadata and the config."""
+    import yaml
+
+    from imgclf.data import load_dataset
+    from imgclf.modelfile import read_meta
+
+    c = yaml.safe_load((run_dir / "config.yaml").read_text())
+    data = load_dataset(c["data"], None, c["input_size"], c["resize"], c["val_fraction"], c["split_seed"],
+                        c["limit_per_class"])
+    return data.val, read_meta(run_dir / "model.keras"), c
+
+
+def test_train_without_report_stores_the_temperature_fitted_on_single_pass_probs(tmp_path):
+    """`imgclf train --no-report --tta`: T is in model.keras, fitted exactly as calibrate() does on the
+    single-pass (not TTA) validation probabilities, halves seeded by the split seed."""
+    import json
+
+    from conftest import make_folder
+    from imgclf.cli import main
+    from imgclf.inference import load_classifier
+
+    # three close greys: after one epoch the model is unsure and T is fitted inside its bounds
+    data = make_folder(tmp_path / "data", per_class=16, size=16,
+                       classes={"a": (110, 110, 110), "b": (128, 128, 128), "c": (146, 146, 146)})
+    run = tmp_path / "run"
+    assert main(["train", "-d", str(data), "-e", "1", "--input-size", "16", "--batch-size", "8",
+                 "--val-fraction", "0.5", "--split-seed", "5", "--tta", "--no-report", "-q", "-o", str(run)]) == 0
+    assert not (run / "report.html").exists()
+    val, meta, c = _val_set(run)
+    assert c["tta"] is True and len(val) == 24
+    clf = load_classifier(run / "model.keras")
+    single = clf.predict_proba(val.images(np.arange(len(val))), calibrated=False)
+    want = cal.calibrate(single, val.y, seed=5)
+    got = meta["calibration"]
+    assert got["seed"] == 5 and got["fit_n"] == want["fit_n"] == 12 and got["eval_n"] == want["eval_n"] == 12
+    assert meta["temperature"] == got["temperature"] == pytest.approx(want["temperature"], rel=1e-3)
+    for key in ("ece_before", "ece_after", "nll_before", "nll_after", "accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-4), key
+    assert cal.T_BOUNDS[0] * 1.1 < meta["temperature"] < cal.T_BOUNDS[1] / 1.1 and meta["temperature"] != 1.0
+    assert clf.temperature == meta["temperature"]
+    # not the TTA probabilities (which the run's metrics use)
+    tta = clf.predict_proba(val.images(np.arange(len(val))), tta=True, calibrated=False)
+    assert cal.calibrate(tta, val.y, seed=5)["temperature"] != pytest.approx(want["temperature"], rel=1e-2)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["calibration"] == got
+
+
+def test_train_records_why_no_temperature_was_fitted(tmp_path):
+    import json
+
+    import imgclf
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "data", per_class=4, size=16)
+    run = imgclf.train(data=str(data), epochs=1, input_size=16, batch_size=8, val_fraction=0.25, report=False,
+                       run_dir=tmp_path / "run", verbose=0)
+    _, meta, _ = _val_set(run.run_dir)
+    reason = "calibration: need at least 4 validation images, got 3"
+    assert meta["temperature"] == 1.0 and meta["calibration"] == {"skipped": reason}
+    assert json.loads((run.run_dir / "metrics.json").read_text())["calibration"] == {"skipped": reason}
+    assert run.metrics["calibration"] == {"skipped": reason}

@@ -8,15 +8,16 @@
 - `calibrate(probs, y)`: fits T on one half of the validation split and reports ECE and NLL
   before and after on the *other* half, so the improvement is not measured on the data it
   was fitted to.
-- `store_temperature(model_path, result)`: writes T (and the numbers) into the model's
-  metadata; `imgclf.inference.Classifier` applies it in `predict` and `serve`.
+- `fit_for_model(probs, y, seed)`: what `train` stores in the model's metadata (`temperature`,
+  `calibration`): calibrate()'s T and numbers, or T = 1 and the reason when none can be fitted.
+  `imgclf.inference.Classifier` applies the stored T in `predict` and `serve`; reports only read it.
 
 numpy (and scipy's scalar minimiser) only: no Keras, no matplotlib.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
 import numpy as np
 
@@ -125,7 +126,7 @@ def calibrate(probs: np.ndarray, y: np.ndarray, seed: int = 0, n_bins: int = N_B
 def assess(probs: np.ndarray, y: np.ndarray, temperature: float, n_bins: int = N_BINS) -> dict:
     """ECE/NLL of raw probabilities and of the same ones at a given (already fitted) temperature.
 
-    Used on held-out data in `evaluate` reports, where nothing may be fitted."""
+    What every report shows: reports fit nothing, they read the model's stored temperature."""
     probs, y = _check(probs, y)
     after = apply_temperature(probs, temperature)
     return {
@@ -144,12 +145,43 @@ def summary(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("bins_")}
 
 
-def store_temperature(model_path: str | Path, result: dict) -> dict:
-    """Write the fitted temperature (and its numbers) into a .keras file's metadata."""
-    from .modelfile import read_meta, write_meta
+def fit_for_model(probs: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, dict]:
+    """(temperature, record) for a model's metadata, from its validation probabilities: calibrate()'s
+    T and numbers (without the bins), or T = 1 and {"skipped": reason} when T cannot be fitted."""
+    try:
+        result = calibrate(probs, y, seed)
+    except ImgclfError as e:
+        return 1.0, {"skipped": str(e)}
+    return result["temperature"], summary(result)
 
-    meta = read_meta(model_path)
-    meta["temperature"] = float(result["temperature"])
-    meta["calibration"] = summary(result)
-    write_meta(model_path, meta)
-    return meta
+
+STORED_NUMBERS = ("temperature", "fit_n", "eval_n", "n_bins", "ece_before", "ece_after", "nll_before", "nll_after",
+                  "accuracy", "seed")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def stored_calibration(meta: dict, source: str = "model") -> tuple[float, dict | None]:
+    """(temperature, record) from a model's metadata, checked: the record is fit_for_model()'s
+    numbers, {"skipped": reason}, or None for a model saved without one."""
+    t = meta.get("temperature", 1.0)
+    if not _is_number(t) or t <= 0:
+        raise ImgclfError(f"{source}: temperature: expected a positive number, got {repr(t)[:40]}")
+    record = meta.get("calibration")
+    if record is None:
+        return float(t), None
+    if not isinstance(record, dict):
+        raise ImgclfError(f"{source}: calibration: expected an object, got {type(record).__name__}")
+    if "skipped" in record:
+        if not isinstance(record["skipped"], str):
+            raise ImgclfError(f"{source}: calibration.skipped: expected a text, got {type(record['skipped']).__name__}")
+        return float(t), {"skipped": record["skipped"][:300]}
+    for key in STORED_NUMBERS:
+        if not _is_number(record.get(key)):
+            raise ImgclfError(f"{source}: calibration.{key}: expected a number, got {repr(record.get(key))[:40]}")
+    if record["temperature"] != t:
+        raise ImgclfError(f"{source}: calibration.temperature {record['temperature']:.6g} differs from "
+                          f"temperature {t:.6g}")
+    return float(t), {key: record[key] for key in STORED_NUMBERS}

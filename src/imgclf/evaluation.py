@@ -79,16 +79,23 @@ def _same_split(meta: dict, data: Dataset) -> bool:
 
 def evaluate(model: str | Path, data: str | None = None, test_data: str | None = None,
              out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True, report: bool = True) -> dict:
-    """Evaluate a model file on a dataset; returns {set: {loss, accuracy, ...}} and writes out_dir."""
+    """Evaluate a model file on a dataset; returns {set: {loss, accuracy, ...}} and writes out_dir.
 
+    The model file is only read: out_dir (replaced as a whole) may not be or hold it."""
     clf = load_classifier(model)
+    out_dir = Path(out_dir) if out_dir else Path(model).parent / "evaluation"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ImgclfError(f"{out_dir}: output folder is a file (expected a folder to write the evaluation in)")
+    if Path(model).resolve().is_relative_to(out_dir.resolve()):
+        raise ImgclfError(f"{out_dir}: output folder holds the model {model} (it is replaced as a whole: "
+                          "choose another folder)")
     split = clf.meta.get("split") or {}
     data = data or split.get("source")
     if not data:
         raise ImgclfError("data: no dataset given and the model records none (pass --data)")
     ds = load_dataset(data, test_data, clf.input_size, clf.resize, split.get("val_fraction", 0.1),
-                      split.get("seed", 0), split.get("limit_per_class"))
-    if ds.class_names != clf.class_names:
+                      split.get("seed", 0), split.get("limit_per_class"), class_names=clf.class_names)
+    if ds.class_names != clf.class_names:  # load_dataset checks this before decoding; kept as a guard
         raise ImgclfError(f"{data}: classes {ds.class_names} differ from the model's {clf.class_names}")
     own = _same_split(meta=clf.meta, data=ds)
     if own:
@@ -107,7 +114,6 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
         probs = clf.predict_proba(_all_images(s), tta=tta, calibrated=False)
         results[name] = evaluate_arrays(probs, s.y)
 
-    out_dir = Path(out_dir) if out_dir else Path(model).parent / "evaluation"
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -6,15 +6,15 @@ the styling is inline, so the file works offline and opens from disk in any brow
 A training run's report holds the seed's results table (train / validation / test loss and
 accuracy), learning curves, the confusion matrix, per-class precision / recall / F1, the most
 confidently wrong validation images, calibration (ECE and reliability diagrams before and
-after temperature scaling: T is fitted on one half of the validation split, the error is
-measured on the other half, and T is written into model.keras so that `predict` and `serve`
-apply it), accuracy under common corruptions on a validation subsample, the config and the
-timing. The numbers behind the report go to `folder/report.json`.
+after temperature scaling at the model's stored temperature, which `train` fitted on one half
+of the validation split and measured on the other), accuracy under common corruptions on a
+validation subsample, the config and the timing. The numbers behind the report go to
+`folder/report.json`. A report reads model files and never writes one.
 
 `make_report` recognises what it is shown:
   run directory  config.yaml / model.keras (from `imgclf train`)
-  evaluation     metrics.json naming a model (from `imgclf evaluate`): nothing is fitted there;
-                 calibration shows the model's stored temperature on the held-out data
+  evaluation     metrics.json naming a model (from `imgclf evaluate`): calibration shows the
+                 model's stored temperature on the held-out data
   study          trials.csv / trials.md (from `imgclf tune`): the trials table and search plots
   repeats        repeats.json (from `imgclf train --repeats N`): mean +- std over seeds
 
@@ -384,20 +384,32 @@ def gallery_section(ev: EvalSet, k: int = GALLERY_SIZE) -> str:
     return head + '<div class="gallery">' + "".join(figs) + "</div>"
 
 
-def calibration_section(cal: dict, fitted: bool, stored_in: str | None) -> str:
+def calibration_section(cal: dict, fit: dict | None, set_name: str) -> str:
+    """`cal`: calibration.assess() of the shown images at the stored temperature; `fit`: the
+    record `train` stored with it (calibration.stored_calibration), None if the model has none."""
+    t = cal["temperature"]
+    where = f"the {cal['eval_n']} images of the {SET_NAMES.get(set_name, set_name).lower()}"
     rows = [["expected calibration error (ECE)", num(cal["ece_before"]), num(cal["ece_after"])],
             ["negative log likelihood", num(cal["nll_before"]), num(cal["nll_after"])],
             ["accuracy (unchanged by T)", pct(cal["accuracy"]), pct(cal["accuracy"])]]
-    if fitted:
-        how = (f"T = {cal['temperature']:.3f} fitted (minimum NLL) on {cal['fit_n']} validation images; "
-               f"the numbers are measured on the other {cal['eval_n']} (a seeded, class-stratified half).")
+    if fit is None:
+        how = f"T = {t:.3f} is the model's stored temperature. Below: {where} at T = 1 and at T."
+    elif "skipped" in fit:
+        how = (f"No temperature was fitted when the model was trained ({fit['skipped']}), so T = {t:.3f}. "
+               f"Below: {where}.")
     else:
-        how = (f"T = {cal['temperature']:.3f} is the model's stored temperature (nothing is fitted on these "
-               f"{cal['eval_n']} held-out images).")
-    if stored_in:
-        how += f" Stored in {stored_in}: predict and serve apply it."
+        how = (f"T = {t:.3f} was fitted when the model was trained (minimum NLL on {fit['fit_n']} validation "
+               f"images) and is stored in the model file: predict and serve apply it. Measured then on the other "
+               f"{fit['eval_n']} (a seeded, class-stratified half): ECE {num(fit['ece_before'])} -> "
+               f"{num(fit['ece_after'])}, NLL {num(fit['nll_before'])} -> {num(fit['nll_after'])}. "
+               f"Below: {where} at T = 1 and at the stored T.")
+        if set_name == "val":
+            how += " Half of them fitted T, so their 'after' numbers are partly in-sample."
+        rows += [[f"ECE, held-out half at training ({fit['eval_n']} images)", num(fit["ece_before"]),
+                  num(fit["ece_after"])],
+                 ["NLL, held-out half at training", num(fit["nll_before"]), num(fit["nll_after"])]]
     out = f'<p class="note">{esc(how)} ECE over {cal["n_bins"]} equal-width confidence bins.</p>'
-    out += table(["", "before (T = 1)", f"after (T = {cal['temperature']:.2f})"], rows)
+    out += table(["", "before (T = 1)", f"after (T = {t:.2f})"], rows)
     return out + img_tag(fig_reliability(cal), "reliability diagrams before and after temperature scaling", "plot")
 
 
@@ -467,14 +479,11 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def _read_config(path: Path) -> dict:
-    import yaml
+    from .config import read_yaml_file
 
     if not path.is_file():
         return {}
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ImgclfError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    cfg = read_yaml_file(path, "a run's config.yaml")
     return cfg if isinstance(cfg, dict) else {}
 
 
@@ -534,26 +543,22 @@ def _run_val_set(folder: Path, cfg: dict, meta: dict | None, page: _Page, data=N
 # Reports
 # ---------------------------------------------------------------------------------------
 
-def _image_sections(page: _Page, ev: EvalSet, predict: Predict | None, fit_calibration: bool,
-                    model_path: Path | None, stored_temperature: float, robustness_n: int | None, seed: int) -> None:
-    """Gallery, calibration and robustness for one set of images + raw probabilities."""
+def _image_sections(page: _Page, ev: EvalSet, predict: Predict | None, temperature: float, fit: dict | None,
+                    robustness_n: int | None, seed: int) -> None:
+    """Gallery, calibration (at the stored `temperature`; `fit`: its stored record) and robustness
+    for one set of images + raw probabilities. Nothing is fitted and no model file is written."""
     from . import calibration
 
     page.add("errors", "Most confidently wrong", gallery_section(ev))
     try:
-        if fit_calibration:
-            cal = calibration.calibrate(ev.probs, ev.y, seed=seed)
-            stored = None
-            if model_path is not None and model_path.suffix == ".keras" and model_path.is_file():
-                calibration.store_temperature(model_path, cal)
-                stored = model_path.name
-        else:
-            cal = calibration.assess(ev.probs, ev.y, stored_temperature)
-            stored = None
-        page.add("calibration", "Calibration", calibration_section(cal, fit_calibration, stored))
+        cal = calibration.assess(ev.probs, ev.y, temperature)
+        page.add("calibration", "Calibration", calibration_section(cal, fit, ev.name))
         page.data["calibration"] = calibration.summary(cal)
-        page.cards.append(("ECE after temperature scaling", num(cal["ece_after"], 3),
-                           f"before {num(cal['ece_before'], 3)}, T = {cal['temperature']:.2f}"))
+        if fit is not None:
+            page.data["calibration_fit"] = fit
+        card = fit if fit is not None and "ece_after" in fit else cal  # held-out numbers where there are some
+        page.cards.append(("ECE after temperature scaling", num(card["ece_after"], 3),
+                           f"before {num(card['ece_before'], 3)}, T = {temperature:.2f}"))
     except ImgclfError as e:
         page.notes.append(f"calibration skipped: {e}")
     if predict is not None and robustness_n != 0:
@@ -580,7 +585,7 @@ def _run_report(folder: Path, page: _Page, model=None, data=None, val_probs=None
     from .modelfile import read_meta
 
     cfg = _read_config(folder / "config.yaml")
-    if seed is None:  # the calibration halves and the corruption subsample follow the split seed
+    if seed is None:  # the corruption subsample follows the split seed
         seed = int(cfg.get("split_seed") or 0)
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
     history = _read_history(folder / "history.csv")
@@ -618,8 +623,7 @@ def _run_report(folder: Path, page: _Page, model=None, data=None, val_probs=None
     ev = None
     if cfg.get("tta"):
         # the run's metrics average each image with its mirror; predict and serve do not by default,
-        # so the temperature is fitted on (and everything below uses) single-pass probabilities
-        val_probs = None
+        # so train fits the temperature on (and everything below uses) single-pass probabilities
         page.notes.append("the results table uses test-time augmentation (tta: mirror mean); the per-class table, "
                           "gallery, calibration and robustness use single-pass probabilities, as predict and serve "
                           "return by default")
@@ -644,7 +648,10 @@ def _run_report(folder: Path, page: _Page, model=None, data=None, val_probs=None
     page.add("confusion-matrix", "Confusion matrix and per-class metrics",
              f'<div class="row"><div>{cm_html}</div><div id="per-class">{per_class}</div></div>')
     if ev is not None:
-        _image_sections(page, ev, predict, True, model_path if meta is not None else None, 1.0, robustness_n, seed)
+        from .calibration import stored_calibration
+
+        temperature, fit = stored_calibration(meta, str(model_path)) if meta is not None else (1.0, None)
+        _image_sections(page, ev, predict, temperature, fit, robustness_n, seed)
     if (folder / "tensorboard").is_dir():
         page.notes.append(f"TensorBoard event files: tensorboard --logdir {folder / 'tensorboard'}")
     page.add("run", "Config and timing",
@@ -670,7 +677,7 @@ def _evaluation_report(folder: Path, page: _Page, ev: EvalSet | None = None, pre
     elif ev is not None and ev.name == "val":
         page.notes.append("these are the model's own training images; the calibration section uses its validation "
                           "split, half of which fitted the stored temperature, so its 'after' numbers are partly "
-                          "in-sample (the run's report.html measures them on the other half only)")
+                          "in-sample (training measured them on the other half only: metrics.json, calibration)")
     class_names = ev.class_names if ev is not None else None
     if class_names is None and metrics.get("model") and Path(metrics["model"]).is_file():
         from .modelfile import read_meta
@@ -688,7 +695,7 @@ def _evaluation_report(folder: Path, page: _Page, ev: EvalSet | None = None, pre
     page.add("confusion-matrix", "Confusion matrix and per-class metrics",
              f'<div class="row"><div>{cm_html}</div><div id="per-class">{per_html}</div></div>')
     if ev is not None:
-        _image_sections(page, ev, predict, False, None, 1.0 if temperature is None else temperature, robustness_n, seed)
+        _image_sections(page, ev, predict, 1.0 if temperature is None else temperature, None, robustness_n, seed)
     else:
         page.notes.append("gallery, calibration and robustness come with `imgclf evaluate` (they need the images)")
 
@@ -761,11 +768,12 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, *, model=Non
                 robustness_n: int | None = None, seed: int | None = None, verbose: bool = False) -> Path:
     """Write `run_dir/report.html` (or `out`) and `run_dir/report.json`; returns the HTML path.
 
-    From `train`: `model` (keras.Model), `data` (Dataset) and `val_probs` save re-loading and
-    re-predicting. From `evaluate`: `eval_set`, `predict` and the model's `temperature`.
+    From `train`: `model` (keras.Model), `data` (Dataset) and `val_probs` (single-pass, no TTA) save
+    re-loading and re-predicting. From `evaluate`: `eval_set`, `predict` and the model's `temperature`.
+    Calibration is shown at the model's stored temperature: a report fits nothing and writes no model.
     `robustness_n`: images for the corruption test; None = up to 500, fewer if the report would
     otherwise exceed its budget of max(30 s, 10% of the run's time); 0 = skip it.
-    `seed`: calibration halves and corruption subsample (default: the run's split_seed).
+    `seed`: the corruption subsample (default: the run's split_seed).
     """
     t0 = time.perf_counter()
     folder = Path(run_dir)
@@ -816,8 +824,8 @@ def _run_summary(folder: Path) -> dict:
     metrics = _read_json(folder / "metrics.json")
     rep = _read_json(folder / "report.json") if (folder / "report.json").is_file() else {}
     values = {f"{s} {m}": metrics[s][m] for s, m in COMPARE_METRICS if isinstance(metrics.get(s), dict)}
-    cal = rep.get("calibration") or {}
-    if cal:
+    cal = metrics.get("calibration") if "ece_after" in (metrics.get("calibration") or {}) else rep.get("calibration")
+    if cal:  # train's numbers (measured on the held-out half of validation); older runs: the report's
         values["ECE before"] = cal.get("ece_before")
         values["ECE after"] = cal.get("ece_after")
         values["temperature"] = cal.get("temperature")

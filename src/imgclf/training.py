@@ -3,8 +3,9 @@
     run_dir/
       config.yaml          the resolved config
       history.csv          one row per epoch (loss, accuracy, val_*, lr, epoch_seconds)
-      metrics.json         the seed's results table (train / val / test loss and accuracy) and timing
-      model.keras          the trained model, with imgclf.json metadata inside
+      metrics.json         the seed's results table (train / val / test loss and accuracy), timing and calibration
+      model.keras          the trained model, with imgclf.json metadata inside (class names, split,
+                           the temperature fitted on half of the validation split, metrics)
       learning_curves.png  loss and accuracy, train vs validation
       confusion_matrix.png, classification_report.txt   on the validation split
       backup/              per-epoch checkpoint for --resume (removed when training completes)
@@ -514,6 +515,13 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         if name not in results:  # the training-set row stays plain (the seed's table); test uses TTA too
             results[name] = evaluate_arrays(predict(s, cfg.tta and name != "train"), s.y)
     results = {name: results[name] for name in sets}
+    # Training owns the temperature: fitted on half of the validation split and measured on the other
+    # half (seeded by the split seed), from single-pass probabilities as predict and serve return by
+    # default, and stored in the model's metadata before the file is written. Reports only read it.
+    from . import calibration
+
+    val_single = predict(data.val, False) if cfg.tta else results["val"]["probs"]
+    meta["temperature"], meta["calibration"] = calibration.fit_for_model(val_single, data.val.y, seed=cfg.split_seed)
     epoch_seconds = [float(r["epoch_seconds"]) for r in history]
     metrics = {
         **{name: {"loss": r["loss"], "accuracy": r["accuracy"], "n": r["n"]} for name, r in results.items()},
@@ -523,6 +531,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         "tta": cfg.tta,
         "train_images_per_second": len(data.train) * len(history) / max(sum(epoch_seconds), 1e-9),
         "backend": keras.backend.backend(), "precision": precision,
+        "calibration": meta["calibration"],  # T and its numbers, or why it was skipped
     }
     from .flops import count_flops
 
@@ -543,10 +552,10 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     if verbose:
         print(results_table(metrics))
         print(f"run directory: {run_dir}")
-    if cfg.report:  # reuses the model, images and validation predictions in memory
+    if cfg.report:  # reuses the model, images and (single-pass) validation predictions in memory
         from .report import make_report
 
-        make_report(run_dir, model=model, data=data, val_probs=results["val"]["probs"], verbose=bool(verbose))
+        make_report(run_dir, model=model, data=data, val_probs=val_single, verbose=bool(verbose))
     return RunResult(run_dir, model_path, metrics, cfg)
 
 
