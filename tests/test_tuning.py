@@ -3,7 +3,8 @@ results files, and a real (tiny) training study whose best config reproduces.
 
 The worker/storage tests use the built-in toy objective (no training). PostgreSQL tests need a
 server: IMGCLF_TEST_POSTGRES_URL=postgresql://USER:PASSWORD@127.0.0.1:5432/DB (they fail when
-CI=true and it is unset, and skip otherwise).
+CI=true and it is unset, and skip otherwise). USER needs CREATEDB: the first-use test creates, and
+drops, a brand-new database of its own on that server.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections import Counter
@@ -93,6 +95,126 @@ def kill(pid: int):
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# The toy objective, except that a worker's trial waits (up to 120 s) until another worker has
+# started a trial too: "two workers shared the grid" then holds however unevenly a busy machine
+# schedules the worker processes.
+TWO_WORKERS_OBJECTIVE = textwrap.dedent("""
+    import os
+    import time
+    from pathlib import Path
+
+    from imgclf.tuning import toy_objective
+
+
+    def objective(ctx):
+        pids = Path(os.environ["IMGCLF_TEST_PIDS"])
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        deadline = time.monotonic() + 120
+        while len(set(pids.read_text().split())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return toy_objective(ctx)
+""")
+
+
+def two_workers_objective(tmp_path: Path) -> str:
+    """Write the objective above as tmp_path/both_workers.py; returns its MODULE:FUNCTION."""
+    (tmp_path / "both_workers.py").write_text(TWO_WORKERS_OBJECTIVE)
+    return "both_workers:objective"
+
+
+class FakeClock:
+    """Stands in for the `time` module in imgclf.tuning: time() only moves when the code sleeps,
+    so a time budget is used up by the toy objective's sleeps, not by how fast the machine is."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name):  # perf_counter, strftime, ...: the real ones
+        return getattr(time, name)
+
+
+# A worker started at the same instant as the others: it first imports all that checking the
+# space and opening a storage need (Keras, Optuna's tables, the drivers), says it is ready, waits
+# for the start file, then runs `imgclf tune SPACE ARGS...`: the workers race on the storage.
+START_TOGETHER = textwrap.dedent("""
+    import contextlib, os, sys, time
+    import optuna
+    with contextlib.suppress(ImportError):
+        import psycopg
+    from imgclf.cli import main
+    from imgclf.tuning import read_space
+
+    read_space(sys.argv[3])
+    optuna.storages.RDBStorage("sqlite:///:memory:")
+    ready, start = sys.argv[1], sys.argv[2]
+    open(ready, "w").close()
+    while not os.path.exists(start):
+        time.sleep(0.001)
+    sys.exit(main(["tune", *sys.argv[3:]]))
+""")
+
+
+def start_together(tmp_path: Path, n: int, space: Path, storage: str, name: str) -> list[subprocess.Popen]:
+    """n `imgclf tune` workers on one storage and study, released at the same instant."""
+    start = tmp_path / "start"
+    procs = []
+    for i in range(n):
+        args = [str(space), "--objective", "toy", "--quiet", "--no-plots", "--no-report", "--storage", storage,
+                "--study", name, "--out", str(tmp_path / f"worker-{i}")]
+        procs.append(subprocess.Popen([sys.executable, "-c", START_TOGETHER, str(tmp_path / f"ready-{i}"), str(start),
+                                       *args], env=toy_env(tmp_path, 0.05), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT))
+    try:
+        wait_for(lambda: all((tmp_path / f"ready-{i}").exists() or procs[i].poll() is not None for i in range(n)),
+                 180, "the workers to be ready")
+    finally:
+        start.touch()  # also on a timeout: no worker is left waiting
+    return procs
+
+
+def assert_all_joined_and_each_point_once(tmp_path: Path, procs, storage: str, name: str):
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    last_lines = [(out.strip().splitlines() or [""])[-1] for out in outputs]
+    assert [p.returncode for p in procs] == [0] * len(procs), last_lines
+    runs = started(tmp_path)
+    assert len(runs) == 10 and len({key(r["params"]) for r in runs}) == 10, runs  # each point started once
+    assert_grid_done_once(study_trials(storage, name), 10)
+    for i in range(len(procs)):  # every worker joined the one study and wrote all of its results
+        rows = list(csv.DictReader(open(tmp_path / f"worker-{i}" / "trials.csv")))
+        assert len(rows) == 10 and {r["state"] for r in rows} == {"complete"}
+
+
+@pytest.fixture
+def fresh_postgres():
+    """A brand-new, empty database on the IMGCLF_TEST_POSTGRES_URL server (dropped afterwards):
+    first use is tested even when the CI database already has Optuna's tables."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    url = need_postgres()
+    db = f"imgclf_first_use_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as con:
+        con.execute(sa.text(f'CREATE DATABASE "{db}"'))
+    fresh = make_url(url).set(database=db).render_as_string(hide_password=False)
+    try:
+        check = sa.create_engine(fresh, poolclass=sa.pool.NullPool)
+        assert sa.inspect(check).get_table_names() == []  # empty: no Optuna tables yet
+        check.dispose()
+        yield fresh
+    finally:
+        with admin.connect() as con:
+            con.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,12 +310,16 @@ def test_study_with_a_different_space_is_refused(tmp_path, capsys, monkeypatch):
 # SQLite: two local workers, results files, kill + resume
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_local_workers_evaluate_each_grid_point_once(tmp_path, monkeypatch):
     for k, v in toy_env(tmp_path, 0.05).items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("IMGCLF_TEST_PIDS", str(tmp_path / "pids"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    objective = two_workers_objective(tmp_path)
     space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 3})
     out = tmp_path / "study"
-    result = tune(space, out_dir=out, workers=2, objective="toy", progress=False)
+    result = tune(space, out_dir=out, workers=2, objective=objective, progress=False)
     runs = started(tmp_path)
     assert len(runs) == 10 and len({key(r["params"]) for r in runs}) == 10  # each point started once
     assert len({r["pid"] for r in runs}) == 2  # by two worker processes
@@ -214,6 +340,7 @@ def test_two_local_workers_evaluate_each_grid_point_once(tmp_path, monkeypatch):
     assert json.loads((out / "progress.json").read_text())["done"] == 10
 
 
+@pytest.mark.slow
 def test_killed_workers_then_resume_completes_without_repeats(tmp_path, monkeypatch):
     env = toy_env(tmp_path, 0.3)
     monkeypatch.setenv("IMGCLF_TOY_LOG", env["IMGCLF_TOY_LOG"])
@@ -269,12 +396,18 @@ def test_pruning_with_random_sampler_reports_savings(tmp_path, monkeypatch):
 # PostgreSQL: two independent worker processes (as on two machines) share one study
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_postgres_two_workers_each_grid_point_once(tmp_path):
     url = need_postgres()
     name = f"t-{uuid.uuid4().hex[:10]}"
     space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 2})
-    procs = [subprocess.Popen(tune_cmd(space, "--storage", url, "--study", name, "--out", str(tmp_path / m)),
-                              env=toy_env(tmp_path, 0.1, machine=m), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    objective = two_workers_objective(tmp_path)
+    env = {"IMGCLF_TEST_PIDS": str(tmp_path / "pids"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen(tune_cmd(space, "--storage", url, "--study", name, "--out", str(tmp_path / m),
+                                       "--objective", objective),
+                              env={**toy_env(tmp_path, 0.1, machine=m), **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
              for m in ("machine-a", "machine-b")]
     outputs = [p.communicate(timeout=150)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -286,6 +419,25 @@ def test_postgres_two_workers_each_grid_point_once(tmp_path):
         assert len(list(csv.DictReader(open(tmp_path / m / "trials.csv")))) == 10
 
 
+@pytest.mark.slow
+def test_postgres_workers_started_together_on_an_empty_database_all_join(tmp_path, fresh_postgres):
+    # first use: Optuna creates its tables; workers that start together must not race there
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 2})
+    procs = start_together(tmp_path, 3, space, fresh_postgres, name)
+    assert_all_joined_and_each_point_once(tmp_path, procs, fresh_postgres, name)
+
+
+@pytest.mark.slow
+def test_sqlite_workers_started_together_on_a_new_file_all_join(tmp_path):
+    db = tmp_path / "shared" / "study.db"
+    assert not db.exists()
+    space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 2})
+    procs = start_together(tmp_path, 3, space, f"sqlite:///{db}", "s")
+    assert_all_joined_and_each_point_once(tmp_path, procs, f"sqlite:///{db}", "s")
+
+
+@pytest.mark.slow
 def test_postgres_killed_worker_trial_fails_by_heartbeat_and_resume_completes(tmp_path, monkeypatch):
     url = need_postgres()
     name = f"t-{uuid.uuid4().hex[:10]}"
@@ -332,6 +484,7 @@ def make_images(root: Path, n: int, seed: int):
             Image.fromarray(x.astype(np.uint8)).save(root / name / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_train_objective_study_validation_only_and_best_config_reproduces(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "data"
@@ -360,32 +513,37 @@ def test_train_objective_study_validation_only_and_best_config_reproduces(tmp_pa
     assert again.metrics["val"]["loss"] == pytest.approx(result.best["val_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_trials_in_child_processes_survive_a_crashing_trial(tmp_path, monkeypatch):
     (tmp_path / "crashy.py").write_text(
         "import os\n"
         "def objective(ctx):\n"
-        "    if ctx.params['model_options.x'] == 2:\n"
+        "    if ctx.params['seed'] == 2:\n"
         "        os._exit(3)  # the trial's process dies without a word\n"
         "    assert os.getpid() != ctx.extra['parent']  # it runs in a child process\n"
-        "    return {'val_accuracy': ctx.params['model_options.x'] / 10, 'epochs_run': 1}\n")
+        "    return {'val_accuracy': ctx.params['seed'] / 10, 'epochs_run': 1}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    space = write_space(tmp_path / "s.yaml", {"model_options.x": [1, 2, 3]}, max_attempts=2)
+    space = write_space(tmp_path / "s.yaml", {"seed": [1, 2, 3]}, max_attempts=2)
     result = tune(space, out_dir=tmp_path / "study", objective="crashy:objective", isolate="process",
                   progress=False, plots=False)
-    assert result.counts["complete"] == 2 and result.counts["failed"] == 2  # x=2: tried twice, then given up
-    assert result.best["params"] == {"model_options.x": 3}
+    assert result.counts["complete"] == 2 and result.counts["failed"] == 2  # seed=2: tried twice, then given up
+    assert result.best["params"] == {"seed": 3}
     rows = list(csv.DictReader(open(tmp_path / "study" / "trials.csv")))
     assert all("trial process exited with code 3" in r["note"] for r in rows if r["state"] == "fail")
     assert result.summary["finished"]
 
 
 def test_time_budget_stops_new_trials_and_resume_finishes(tmp_path, monkeypatch):
+    import imgclf.tuning
+
+    monkeypatch.setattr(imgclf.tuning, "time", FakeClock())  # the budget is spent by the trials only
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0.4")
     space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 1, "time": "1s"})
     out = tmp_path / "study"
     first = tune(space, out_dir=out, objective="toy", progress=False, plots=False)
-    assert 1 <= first.counts["complete"] < 10 and not first.summary["finished"]
-    assert first.counts["waiting"] == 10 - first.counts["complete"]
+    # trials start at 0, 0.4 and 0.8 s; at 1.2 s the budget is used up and no new trial starts
+    assert first.counts["complete"] == 3 and not first.summary["finished"]
+    assert first.counts["waiting"] == 7
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0")
     rest = tune(space, out_dir=out, objective="toy", progress=False, plots=False, time_budget="1h", resume=True)
     assert rest.summary["finished"]

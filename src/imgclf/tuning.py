@@ -17,6 +17,9 @@ Design (the traps named in the issue, designed around):
 * A killed worker's trial is failed and its grid point re-queued: by Optuna's heartbeat (RDB
   storage) after the grace period, or at once when the worker ran on this machine and its
   process is gone. Points that failed `max_attempts` times are not re-queued again.
+* First use of an empty database: Optuna creates its tables when the storage is opened, which
+  races when workers start together. The storage is opened under a lock on the whole database
+  (the same kinds of lock, with a database-wide key), so they all join the study.
 * SQLite: WAL journal, a 120 s busy timeout, and retries around our own writes.
 * Model selection uses the validation split only: trials train with `evaluate_test=False`; the
   test set, when the dataset has one, is evaluated once, for the best trial's model, at the end.
@@ -65,8 +68,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import FIELD_TYPES, _check_value, make_config, read_config_file
-from .errors import ConfigError, ImgclfError
+from .config import FIELD_TYPES, check_value, load_yaml, make_config, read_config_file, read_yaml_file
+from .errors import ConfigError, ImgclfError, quote
 from .fileio import atomic_write, write_json
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -201,7 +204,7 @@ def parse_seconds(value, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a duration like 90, 90s, 30m or 1.5h, got {value!r}")
+        raise ConfigError(f"{where}: expected a duration like 90, 90s, 30m or 1.5h, got {quote(value)}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
@@ -210,9 +213,9 @@ def parse_seconds(value, where: str) -> float | None:
         try:
             seconds = float(text[:-1]) * scale if scale else float(text)
         except ValueError:
-            raise ConfigError(f"{where}: expected a duration like 90, 90s, 30m or 1.5h, got {value!r}") from None
+            raise ConfigError(f"{where}: expected a duration like 90, 90s, 30m or 1.5h, got {quote(value)}") from None
     if not seconds > 0:
-        raise ConfigError(f"{where}: expected a positive duration, got {value!r}")
+        raise ConfigError(f"{where}: expected a positive duration, got {quote(value)}")
     return seconds
 
 
@@ -238,7 +241,7 @@ def _field_kind(name: str) -> str | None:
 
 def _check_name(name: str, where: str) -> None:
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: parameter names must be strings, got {name!r}")
+        raise ConfigError(f"{where}: parameter names must be strings, got {quote(name)}")
     if name.startswith("model_options."):
         if not name.split(".", 1)[1]:
             raise ConfigError(f"{where}.{name}: expected model_options.KEY")
@@ -256,12 +259,12 @@ def _check_choice(name: str, value, where: str):
     value = _number(value) if kind in (None, "int", "float") else value
     if kind is None:
         if value is not None and not isinstance(value, (bool, int, float, str)):
-            raise ConfigError(f"{where}.{name}: values must be numbers, strings or booleans, got {value!r}")
+            raise ConfigError(f"{where}.{name}: values must be numbers, strings or booleans, got {quote(value)}")
         return value
     try:
-        return _check_value(name, value, where)
+        return check_value(name, value, where)
     except ConfigError:
-        raise ConfigError(f"{where}.{name}: value {value!r} is not a valid {FIELD_TYPES[name]}") from None
+        raise ConfigError(f"{where}.{name}: value {quote(value)} is not a valid {FIELD_TYPES[name]}") from None
 
 
 def _parse_param(name: str, spec, where: str) -> Param:
@@ -276,29 +279,29 @@ def _parse_param(name: str, spec, where: str) -> Param:
             raise ConfigError(f"{where}.{name}: empty list of values (the grid would be empty)")
         choices = [_check_choice(name, v, where) for v in spec]
         if len({json.dumps(c) for c in choices}) != len(choices):
-            raise ConfigError(f"{where}.{name}: repeated values in {spec!r}")
+            raise ConfigError(f"{where}.{name}: repeated values in {quote(spec)}")
         return Param(name, "choice", choices=choices)
     if isinstance(spec, dict):
         unknown = set(spec) - {"low", "high", "log", "step", "type"}
         if unknown or "low" not in spec or "high" not in spec:
             raise ConfigError(f"{where}.{name}: expected a list of values, {{choices: [...]}} or "
-                              f"{{low: X, high: Y, log: true|false, step: S}}, got {spec!r}")
+                              f"{{low: X, high: Y, log: true|false, step: S}}, got {quote(spec)}")
         kind = _field_kind(name)
         if kind in ("bool", "str", "dict"):
             raise ConfigError(f"{where}.{name}: a {kind} field cannot be a range; give a list of values")
         low, high, step = _number(spec["low"]), _number(spec["high"]), _number(spec.get("step"))
         for key, v in (("low", low), ("high", high), ("step", step)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ConfigError(f"{where}.{name}.{key}: expected a number, got {v!r}")
+                raise ConfigError(f"{where}.{name}.{key}: expected a number, got {quote(v)}")
         declared = spec.get("type")
         if declared not in (None, "int", "float"):
-            raise ConfigError(f"{where}.{name}.type: expected int or float, got {declared!r}")
+            raise ConfigError(f"{where}.{name}.type: expected int or float, got {quote(declared)}")
         kind = kind or declared or ("int" if isinstance(low, int) and isinstance(high, int) else "float")
         if kind == "int" and not all(float(v).is_integer() for v in (low, high) + ((step,) if step else ())):
             raise ConfigError(f"{where}.{name}: {name} is an int field; low/high/step must be integers")
         log = spec.get("log", False)
         if not isinstance(log, bool):
-            raise ConfigError(f"{where}.{name}.log: expected true or false, got {log!r}")
+            raise ConfigError(f"{where}.{name}.log: expected true or false, got {quote(log)}")
         if not low < high:
             raise ConfigError(f"{where}.{name}: expected low < high, got low={low}, high={high}")
         if log and low <= 0:
@@ -313,13 +316,13 @@ def _parse_param(name: str, spec, where: str) -> Param:
         return Param(name, kind, low=cast(low), high=cast(high), log=log,
                      step=None if step is None else cast(step))
     raise ConfigError(f"{where}.{name}: expected a list of values (grid) or a range {{low, high, log}}, "
-                      f"got {spec!r}")
+                      f"got {quote(spec)}")
 
 
 def _int_setting(value, where: str, minimum: int = 1) -> int:
     value = _number(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer >= {minimum}, got {quote(value)}")
     return value
 
 
@@ -341,7 +344,7 @@ def space_from_dict(raw: dict, source: str = "space", *, base_dir: Path | None =
         base.update(read_config_file(path))
     base_raw = raw.get("base") or {}
     if not isinstance(base_raw, dict):
-        raise ConfigError(f"{source}: base: expected a mapping of config fields, got {base_raw!r}")
+        raise ConfigError(f"{source}: base: expected a mapping of config fields, got {quote(base_raw)}")
     base.update(base_raw)
     base.update({k: v for k, v in (base_overrides or {}).items() if v is not None})
     try:
@@ -354,7 +357,7 @@ def space_from_dict(raw: dict, source: str = "space", *, base_dir: Path | None =
     if not params_raw:
         raise ConfigError(f"{source}: params: nothing to search (expected at least one parameter with values)")
     if not isinstance(params_raw, dict):
-        raise ConfigError(f"{source}: params: expected a mapping of parameter -> values, got {params_raw!r}")
+        raise ConfigError(f"{source}: params: expected a mapping of parameter -> values, got {quote(params_raw)}")
     params = [_parse_param(name, spec, f"{source}: params") for name, spec in params_raw.items()]
     for p in params:
         if p.name in base and p.name != "model_options":
@@ -362,11 +365,11 @@ def space_from_dict(raw: dict, source: str = "space", *, base_dir: Path | None =
     # -- sampler, pruner, budget ---------------------------------------------------------------
     sampler = sampler or raw.get("sampler") or "grid"
     if sampler not in SAMPLERS:
-        raise ConfigError(f"{source}: sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        raise ConfigError(f"{source}: sampler: expected one of {', '.join(SAMPLERS)}, got {quote(sampler)}")
     pruner = pruner or raw.get("pruner") or ("none" if sampler == "grid" else "median")
     pruner = "none" if pruner is False else str(pruner)
     if pruner not in PRUNERS:
-        raise ConfigError(f"{source}: pruner: expected one of {', '.join(PRUNERS)}, got {pruner!r}")
+        raise ConfigError(f"{source}: pruner: expected one of {', '.join(PRUNERS)}, got {quote(pruner)}")
     if sampler == "grid":
         ranges = [p.name for p in params if p.kind != "choice"]
         if ranges:
@@ -374,7 +377,7 @@ def space_from_dict(raw: dict, source: str = "space", *, base_dir: Path | None =
                               f"(list the values, or use sampler: random or tpe)")
     budget = raw.get("budget") or {}
     if not isinstance(budget, dict):
-        raise ConfigError(f"{source}: budget: expected a mapping ({', '.join(BUDGET_KEYS)}), got {budget!r}")
+        raise ConfigError(f"{source}: budget: expected a mapping ({', '.join(BUDGET_KEYS)}), got {quote(budget)}")
     unknown = set(budget) - set(BUDGET_KEYS)
     if unknown:
         raise ConfigError(f"{source}: budget: unknown key(s) {sorted(unknown)} (expected {', '.join(BUDGET_KEYS)})")
@@ -387,14 +390,14 @@ def space_from_dict(raw: dict, source: str = "space", *, base_dir: Path | None =
                                f"{source}: budget.trial_time")
     heartbeat = raw.get("heartbeat") or {}
     if not isinstance(heartbeat, dict) or set(heartbeat) - {"interval", "grace"}:
-        raise ConfigError(f"{source}: heartbeat: expected {{interval: SECONDS, grace: SECONDS}}, got {heartbeat!r}")
+        raise ConfigError(f"{source}: heartbeat: expected {{interval: SECONDS, grace: SECONDS}}, got {quote(heartbeat)}")
     interval = _int_setting(heartbeat.get("interval", 10), f"{source}: heartbeat.interval")
     grace = _int_setting(heartbeat.get("grace", max(60, 3 * interval)), f"{source}: heartbeat.grace")
     if grace <= interval:
         raise ConfigError(f"{source}: heartbeat.grace: expected more than interval ({interval}), got {grace}")
     study = raw.get("study")
     if study is not None and (not isinstance(study, str) or not study.strip()):
-        raise ConfigError(f"{source}: study: expected a name, got {study!r}")
+        raise ConfigError(f"{source}: study: expected a name, got {quote(study)}")
     space = Space(base=base, params=params, sampler=sampler, pruner=pruner, trials=trials, epochs=epochs,
                   time=time_s, trial_time=trial_time,
                   seed=_int_setting(seed if seed is not None else raw.get("seed", 0), f"{source}: seed", 0),
@@ -420,13 +423,9 @@ def space_from_dict(raw: dict, source: str = "space", *, base_dir: Path | None =
 def read_space(path: str | Path, **overrides) -> Space:
     """Read and check a space file (YAML)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: space file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    raw = read_yaml_file(path, "a search-space file")
     return space_from_dict(raw, str(path), base_dir=path.parent, **overrides)
 
 
@@ -434,7 +433,7 @@ def example_space(name: str = "seed_cnn") -> Path:
     """Path of a space file shipped with the package (imgclf/spaces/<name>.yaml)."""
     path = Path(__file__).parent / "spaces" / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"space {name!r}: no such example space (have: "
+        raise ConfigError(f"space {quote(name)}: no such example space (have: "
                           f"{', '.join(p.stem for p in (Path(__file__).parent / 'spaces').glob('*.yaml'))})")
     return path
 
@@ -467,8 +466,11 @@ def _set_wal(db: Path) -> None:
 
 
 def open_storage(url: str, space: Space):
-    """An Optuna RDBStorage with heartbeat; StorageError (one line) when it cannot be used."""
-    import optuna
+    """An Optuna RDBStorage with heartbeat; StorageError (one line) when it cannot be used.
+
+    The first use of an empty database creates Optuna's tables. Workers that start at the same
+    moment would race there (PostgreSQL: "duplicate key value violates unique constraint"), so
+    the storage is opened under a lock on the whole database (see StudyLock)."""
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.engine import make_url
 
@@ -480,30 +482,56 @@ def open_storage(url: str, space: Space):
                            f"postgresql://USER:PASSWORD@HOST:PORT/DB)") from None
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    db = sqlite_path(url)
     if backend == "sqlite":
-        db = sqlite_path(url)
         if db is None or not str(db):
             raise StorageError(f"--storage {shown}: expected sqlite:///PATH/TO/FILE.db")
         try:
-            _set_wal(db)
-        except Exception as e:  # noqa: BLE001
+            db.parent.mkdir(parents=True, exist_ok=True)  # the lock file goes next to the database
+        except OSError as e:
             raise StorageError(f"--storage {shown}: cannot open the database file ({_first_line(e)})") from None
         engine_kwargs["connect_args"] = {"timeout": 120}
     elif backend == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                 heartbeat_interval=space.heartbeat_interval,
-                                                 grace_period=space.heartbeat_grace)
+        with StudyLock(url, None):
+            if db is not None:
+                try:
+                    _set_wal(db)
+                except Exception as e:  # noqa: BLE001
+                    raise StorageError(f"--storage {shown}: cannot open the database file "
+                                       f"({_first_line(e)})") from None
+            storage = _rdb_storage(url, engine_kwargs, space)
+    except StorageError:
+        raise
     except ImportError:  # SQLAlchemy 2.1's postgresql:// driver is psycopg 3
         hint = " (pip install 'psycopg[binary]')" if backend == "postgresql" else ""
         raise StorageError(f"--storage {shown}: the database driver for {parsed.drivername} is not "
                            f"installed{hint}") from None
     except Exception as e:  # noqa: BLE001 - SQLAlchemy/driver errors: one line, no traceback
-        raise StorageError(f"--storage {shown}: cannot connect ({_first_line(e)})") from None
+        problem = "cannot open the database file" if db is not None and isinstance(e, OSError) else "cannot connect"
+        raise StorageError(f"--storage {shown}: {problem} ({_first_line(e)})") from None
     return storage
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, space: Space, attempts: int = 5):
+    """optuna.storages.RDBStorage, which creates Optuna's tables when they are missing. It runs
+    under the database lock; retrying a duplicate-table/duplicate-row error covers a database
+    that another program (without the lock) is setting up at the same moment."""
+    import optuna
+    from sqlalchemy import exc as sa_exc
+
+    for i in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=space.heartbeat_interval,
+                                                  grace_period=space.heartbeat_grace)
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+            if i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2 ** i * (0.5 + random.random()))
 
 
 def _first_line(e: BaseException) -> str:
@@ -512,21 +540,22 @@ def _first_line(e: BaseException) -> str:
 
 
 class StudyLock:
-    """Serialises enqueue and claim across all workers of one study.
+    """Serialises enqueue and claim across all workers of one study; with study_name=None, the
+    opening of the storage (Optuna creating its tables in an empty database) across all workers.
 
     PostgreSQL: pg_advisory_lock on a dedicated connection (released if the worker dies).
     SQLite: fcntl.flock on <db>.lock (released by the OS if the worker dies).
     Other backends: no lock (Optuna's own row locking only).
     """
 
-    def __init__(self, url: str, study_name: str):
+    def __init__(self, url: str, study_name: str | None):
         self.url, self.study_name = url, study_name
         self.kind = "none"
         self._engine = None
         self._conn = None
         self._file = None
-        self._key = int.from_bytes(hashlib.sha256(f"imgclf-tune:{study_name}".encode()).digest()[:8], "big",
-                                   signed=True)
+        scope = "imgclf-tune open storage" if study_name is None else f"imgclf-tune:{study_name}"
+        self._key = int.from_bytes(hashlib.sha256(scope.encode()).digest()[:8], "big", signed=True)
         db = sqlite_path(url)
         if db is not None:
             self.kind, self._path = "file", db.with_name(db.name + ".lock")
@@ -546,7 +575,12 @@ class StudyLock:
                 self._engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
                                                 connect_args={"connect_timeout": 10})
             self._conn = self._engine.connect()
-            self._conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            try:
+                self._conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            except BaseException:
+                self._conn.close()
+                self._conn = None
+                raise
         return self
 
     def __exit__(self, *exc):
@@ -890,7 +924,7 @@ def resolve_objective(objective) -> tuple[Callable, str | None]:
         ref = f"{module}:{name}" if module and module != "__main__" and "<" not in name else None
         return objective, ref
     if not isinstance(objective, str) or ":" not in objective:
-        raise ConfigError(f"--objective: expected MODULE:FUNCTION, 'train' or 'toy', got {objective!r}")
+        raise ConfigError(f"--objective: expected MODULE:FUNCTION, 'train' or 'toy', got {quote(objective)}")
     module, name = objective.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module), name)
@@ -1027,7 +1061,7 @@ def run_trial(study, trial_id: int, space: Space, spec: dict, objective: Callabl
             else:
                 value = out
             if value is None or not math.isfinite(float(value)):
-                raise ImgclfError(f"objective returned {value!r} (expected a finite number)")
+                raise ImgclfError(f"objective returned {quote(value)} (expected a finite number)")
             value = float(value)
             state = TrialState.COMPLETE
         except optuna.TrialPruned as e:
@@ -1533,7 +1567,7 @@ def tune(space_file: str | Path | None = None, *, data: str | None = None, test_
             raise ConfigError(f"--test-data {test_data}: folder not found")
     isolate = isolate or ("process" if fn is train_objective else "none")
     if isolate not in ("process", "none"):
-        raise ConfigError(f"--isolate: expected process or none, got {isolate!r}")
+        raise ConfigError(f"--isolate: expected process or none, got {quote(isolate)}")
     if isolate == "process" and ref is None:
         raise ConfigError("--isolate process: the objective must be importable (module:function)")
     if workers > 1 and ref is None:
@@ -1702,9 +1736,9 @@ def cmd_tune(args) -> int:
     base = {}
     for pair in args.set:
         if "=" not in pair:
-            raise ConfigError(f"--set: expected FIELD=VALUE, got {pair!r}")
+            raise ConfigError(f"--set: expected FIELD=VALUE, got {quote(pair)}")
         key, value = pair.split("=", 1)
-        base[key.strip()] = yaml.safe_load(value)
+        base[key.strip()] = load_yaml(value, f"--set {key.strip()}")
     space = args.space
     if space is not None and not space.exists() and (Path(__file__).parent / "spaces" / f"{space}.yaml").is_file():
         space = example_space(str(space))  # `imgclf tune seed_cnn`: the shipped example
