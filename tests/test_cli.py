@@ -74,6 +74,7 @@ def test_bad_input_is_one_line_and_exit_2(trained_colour_model, tmp_path, capsys
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_command_line_entry_point(trained_colour_model):
     run, data = trained_colour_model
     proc = subprocess.run([sys.executable, "-m", "imgclf.cli", "predict", str(run.model_path),
@@ -92,6 +93,7 @@ print("OK", run.metrics["val"]["accuracy"], model.predict(x, verbose=0).shape)
 """
 
 
+@pytest.mark.slow
 def test_jax_backend_smoke(tmp_path):
     import jax  # noqa: F401  (installed by .ci/run; a missing jax is a failure, not a skip)
 

@@ -102,17 +102,20 @@ def test_robustness_with_a_predictor_of_known_behaviour():
 
 
 def test_robustness_cuts_the_subsample_to_fit_a_time_limit():
-    import time
-
     x = noisy(n=400, size=8)
     y = np.zeros(400, np.int64)
+    now = [0.0]  # a fake clock: predicting costs exactly 1 ms per image, whatever the machine's load
 
-    def slow(batch):  # 1 ms per image
-        time.sleep(0.001 * len(batch))
+    def slow(batch):
+        now[0] += 0.001 * len(batch)
         return np.tile([0.9, 0.1], (len(batch), 1))
 
-    rob = C.robustness(slow, x, y, n=400, time_limit=0.6, min_n=50, severities=(1,))
-    assert rob["reduced_from"] == 400 and 50 <= rob["n"] < 400 and rob["clean"] == 1.0
-    assert rob["seconds"] < 2.0
+    rob = C.robustness(slow, x, y, n=400, time_limit=2.4, min_n=50, severities=(1,), clock=lambda: now[0])
+    # clean pass 0.4 s; 2 s left for len(CORRUPTIONS) corrupted passes at 1.25 x 1 ms per image each
+    clean = 0.001 * 400
+    expected = max(50, int((2.4 - clean) / (1.25 * (clean / 400) * len(C.CORRUPTIONS))))
+    assert 50 < expected < 400
+    assert rob["reduced_from"] == 400 and rob["n"] == expected and rob["clean"] == 1.0
+    assert rob["seconds"] == pytest.approx(clean + 0.001 * expected * len(C.CORRUPTIONS))
     full = C.robustness(slow, x, y, n=400, severities=(1,))
     assert full["n"] == 400 and "reduced_from" not in full

@@ -102,6 +102,7 @@ def test_failed_parity_writes_nothing(keras_model, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_cli(keras_model, tmp_path):
     target = tmp_path / "cli.onnx"
     r = subprocess.run([sys.executable, "-m", "imgclf.cli", "export", str(keras_model), "--format", "onnx",

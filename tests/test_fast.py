@@ -111,15 +111,35 @@ def test_alternating_flip_shows_each_image_both_ways_in_two_epochs():
     assert (e1 == ~e0).all() and (e2 == e0).all()
 
 
-def test_augmentation_is_fast_enough():
-    """Vectorised: a 512-image batch with every augmentation on takes a few ms, far below a step."""
+def _augment_per_image(x, rng, t=2, cutout=8):
+    """The same augmentations as augment_batch, one image at a time: what vectorising avoids."""
+    out = np.empty_like(x)
+    n, h, w, _ = x.shape
+    for i in range(n):
+        im = x[i, :, ::-1] if rng.random() < 0.5 else x[i]
+        im = np.pad(im, ((t, t), (t, t), (0, 0)), mode="reflect")
+        dy, dx = rng.integers(0, 2 * t + 1, 2)
+        im = im[dy:dy + h, dx:dx + w].copy()
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        im[max(0, cy - cutout // 2):cy - cutout // 2 + cutout, max(0, cx - cutout // 2):cx - cutout // 2 + cutout] = 0
+        out[i] = im
+    return out
+
+
+def test_augmentation_is_vectorised():
+    """augment_batch costs less CPU than the same work image by image, measured side by side
+    (a ratio in one process, so neither a slow host nor other jobs change the verdict)."""
     x = np.random.default_rng(0).integers(0, 256, (512, 32, 32, 3)).astype(np.uint8)
     rng = np.random.default_rng(0)
-    augment_batch(x, rng, True, 2, 8)
-    t = time.process_time()  # CPU time: not inflated by other processes on a busy machine
-    for _ in range(5):
+    batch, single = [], []
+    for _ in range(5):  # interleaved; CPU time, so other processes on the machine do not count
+        t = time.process_time()
         augment_batch(x, rng, True, 2, 8)
-    assert (time.process_time() - t) / 5 < 0.1
+        batch.append(time.process_time() - t)
+        t = time.process_time()
+        _augment_per_image(x, rng)
+        single.append(time.process_time() - t)
+    assert np.median(batch) < np.median(single), (batch, single)
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,19 +317,40 @@ def test_fast80_recipe_learns_real_images(cifar_jpeg, tmp_path):
     assert run.metrics["flops"]["total_train"] > 0
 
 
-def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path):
+class FakeTime:
+    """Stands in for the `time` module inside imgclf.training: each reading advances 0.25 s, so a
+    time budget runs out after a fixed number of steps, however loaded the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 0.25
+        return self.now
+
+
+@pytest.mark.slow
+def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path, monkeypatch):
+    import imgclf.training
+
+    clock = FakeTime()
+    monkeypatch.setattr(imgclf.training, "time", clock)
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, time_budget=25,
                 batch_size=8, model_options={"widths": [8, 16, 16], "whiten_width": 6},
                 run_dir=tmp_path / "run", verbose=0, report=False)
-    # the budget clock starts with train() (data loading and model building count against it)
-    assert 25 <= run.metrics["seconds"]["total"] < 60
+    # the budget clock starts with train() (data loading and model building count against it),
+    # and training stops in the step where the budget runs out: a few readings past 25 s
+    assert 25 <= run.metrics["seconds"]["fit"] + run.metrics["seconds"]["data_load"] < 25 + 3
     import csv
 
     rows = list(csv.DictReader(open(run.run_dir / "history.csv")))
-    assert len(rows) >= 2
+    assert 2 <= len(rows) < 20
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[-1] < lrs[len(lrs) // 2]  # spread over the budget: still decaying in the second half
     assert float(rows[-1]["lr"]) < 0.2 * float(make_config(recipe="fast80").learning_rate)  # decayed
 
 
+@pytest.mark.slow
 def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path):
     """The recipe's TTA (mirror + 1-pixel shifts) is saved with the model: evaluating the file with
     --tta gives the validation loss that training reported."""
@@ -332,6 +373,7 @@ def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path
     assert mirror_only["loss"] != pytest.approx(run.metrics["val"]["loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_seeded_fast_runs_are_deterministic(colour_folder, tmp_path):
     kw = dict(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=2, batch_size=8,
               lookahead_start=0.3, bias_lr_scale=64,  # the fast94 options are deterministic too
@@ -380,6 +422,7 @@ def test_auto_precision_is_bf16_only_on_a_bf16_cpu(monkeypatch):
     assert m.dtype_policy.name == expected
 
 
+@pytest.mark.slow
 def test_mixed_precision_training_saves_a_float32_model_that_matches_its_metrics(colour_folder, tmp_path):
     from imgclf.data import load_dataset
     from imgclf.evaluation import evaluate_arrays
@@ -426,6 +469,7 @@ def test_bias_lr_scale_multiplies_only_the_bias_steps_and_keeps_their_decay():
         make_config(recipe="fast80", bias_lr_scale=0)
 
 
+@pytest.mark.slow
 def test_bias_lr_scale_training_saves_a_model_compiled_with_keras_sgd(colour_folder, tmp_path):
     import zipfile
 
@@ -443,6 +487,7 @@ def test_bias_lr_scale_training_saves_a_model_compiled_with_keras_sgd(colour_fol
     assert run.config.bias_lr_scale == 64
 
 
+@pytest.mark.slow
 def test_fast_training_runs_on_the_jax_backend(tmp_path):
     data = make_folder(tmp_path / "colours", per_class=10)
     code = (

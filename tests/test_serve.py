@@ -147,6 +147,7 @@ np.save(sys.argv[3], heat)
 """
 
 
+@pytest.mark.slow
 def test_gradcam_is_backend_agnostic(models, tmp_path):
     """The same Grad-CAM code on the JAX backend (keras.ops.jvp there too) gives the same map."""
     from imgclf.gradcam import GradCam
@@ -363,6 +364,7 @@ def test_pretrained_cifar10_predicts_real_images(tmp_path):
     assert r.returncode == 2 and "unknown pretrained model 'nope'" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_serve_pretrained_binds_loopback(tmp_path):
     """`imgclf serve --pretrained cifar10`: a real server process, on 127.0.0.1 by default, whose
     model card gives the data it saw and its validation accuracy."""

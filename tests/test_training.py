@@ -50,6 +50,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated interruption after epoch 2")
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(colour_folder, tmp_path):
     cfg = dict(data=str(colour_folder), epochs=4, batch_size=8, augment_flip=True, augment_translate=2,
                seed=7, verbose=0, report=False,
@@ -72,6 +73,7 @@ def test_resume_matches_an_uninterrupted_run(colour_folder, tmp_path):
     assert max(np.abs(x - y).max() for x, y in zip(a.get_weights(), c.get_weights())) > 1e-3
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_deterministic(colour_folder, tmp_path):
     cfg = dict(data=str(colour_folder), epochs=1, batch_size=8, seed=3, verbose=0, report=False)
     r1 = imgclf.train(run_dir=tmp_path / "a", **cfg)

@@ -106,17 +106,18 @@ def subsample(n_total: int, n: int, seed: int = 0) -> np.ndarray:
 
 def robustness(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, n: int = 500,
                corruptions=CORRUPTIONS, severities=DEFAULT_SEVERITIES, seed: int = 0,
-               time_limit: float | None = None, min_n: int = 100) -> dict:
+               time_limit: float | None = None, min_n: int = 100,
+               clock: Callable[[], float] = time.perf_counter) -> dict:
     """Accuracy of `predict` (uint8 batch -> probabilities) on a subsample of (x, y), clean and corrupted.
 
     With `time_limit` (seconds), the clean pass is timed first and the subsample is cut (to no
     fewer than `min_n` images) so that the corrupted passes fit in the limit; "reduced_from"
-    then records the size asked for.
+    then records the size asked for. `clock` measures the time (tests pass a fake one).
 
     Returns {"n", "seed", "severities", "clean", "accuracy": {corruption: {severity: acc}},
     "mean_corrupted", "params", "seconds"}.
     """
-    t0 = time.perf_counter()
+    t0 = clock()
     x = _check(x)
     y = np.asarray(y)
     index = subsample(len(y), n, seed)
@@ -127,8 +128,8 @@ def robustness(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np
     asked = len(ys)
     jobs = [(name, int(s)) for name in corruptions for s in severities]
     if time_limit is not None and len(ys) > min_n and jobs:
-        per_image = (time.perf_counter() - t0) / len(ys)
-        affordable = int((time_limit - (time.perf_counter() - t0)) / (1.25 * per_image * len(jobs)))
+        per_image = (clock() - t0) / len(ys)
+        affordable = int((time_limit - (clock() - t0)) / (1.25 * per_image * len(jobs)))
         if affordable < len(ys):
             k = max(min_n, affordable)
             xs, ys, clean_pred = xs[:k], ys[:k], clean_pred[:k]  # a prefix of a random subset is random
@@ -146,7 +147,7 @@ def robustness(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np
            "clean": float((clean_pred == ys).mean()),
            "accuracy": table, "mean_corrupted": float(np.mean(values)) if values else float("nan"),
            "params": {name: [PARAMS[name][s - 1] for s in severities] for name in corruptions},
-           "seconds": time.perf_counter() - t0}
+           "seconds": clock() - t0}
     if len(ys) < asked:
         out["reduced_from"] = int(asked)
     return out
