@@ -13,7 +13,7 @@ seed README's test accuracy; at an epoch-end validation, or when the final model
 accuracy, with the recipe's test-time augmentation, is known; "never" if not reached), final
 validation accuracy, total wall
 time (data loading, training, final evaluation and saving), training images per second
-(training steps only, validation excluded) and training FLOPs (imgclf.flops: a multiply-add is
+(training steps only, validation excluded) and training FLOPs (imgclf.models.flops: a multiply-add is
 2 FLOPs, a training step 3x the forward pass). It also prints this machine's float32 matmul
 rate (numpy, 2048x2048), its bfloat16 rate (keras.ops) and training images/s of the fast80 net
 on every installed backend.
@@ -85,8 +85,8 @@ def backend_probe(steps: int, batch_size: int, recipe: str) -> dict:
     import keras
 
     from imgclf.config import make_config
-    from imgclf.flops import count_flops
-    from imgclf.training import build_compiled_model
+    from imgclf.models.flops import count_flops
+    from imgclf.training.trainer import build_compiled_model
 
     cfg = make_config(recipe=recipe, batch_size=batch_size)
     model = build_compiled_model(cfg, 10)
@@ -128,8 +128,8 @@ def pipeline_check(data: str, recipe: str, steps: int) -> dict:
     import keras
 
     from imgclf.config import make_config
-    from imgclf.data import load_dataset
-    from imgclf.training import Batches, build_compiled_model
+    from imgclf.data.dataset import load_dataset
+    from imgclf.training.trainer import Batches, build_compiled_model
 
     cfg = make_config(recipe=recipe)
     ds = load_dataset(data)
@@ -235,7 +235,7 @@ def seed_from_run(run_dir: Path) -> dict:
     for r in rows:
         t += float(r["epoch_seconds"])
         curve.append({"epoch": int(r["epoch"]), "wall_s": t, "val_accuracy": float(r["val_accuracy"])})
-    per_image = 3 * 49_037_312  # seed_cnn forward FLOPs (imgclf.flops), x3 for training
+    per_image = 3 * 49_037_312  # seed_cnn forward FLOPs (imgclf.models.flops), x3 for training
     n = metrics["train"]["n"]
     reached = next((p["wall_s"] for p in curve if p["val_accuracy"] >= TARGET), None)
     return {"name": f"seed (from {run_dir})", "recipe": "seed", "time_to_target_s": reached,

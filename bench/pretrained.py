@@ -5,7 +5,7 @@
 Trains with imgclf's own pipeline (`imgclf.train`) on the JPEG copy of the CIFAR-10 training
 images ($IMGCLF_SHARED/datasets/cifar10-jpeg/train; 10% held out for validation by split_seed 0),
 fits the temperature (on half of the validation split, as every report does),
-then writes src/imgclf/pretrained/cifar10.keras (with a model card in its metadata) and its ONNX
+then writes src/imgclf/runtime/pretrained/cifar10.keras (with a model card in its metadata) and its ONNX
 export cifar10.onnx (parity-checked against real validation images), and prints the sizes,
 sha256 checksums and validation accuracy for the README. Both files must stay under 2 MB.
 
@@ -34,7 +34,7 @@ def sha256(path: Path) -> str:
 
 def slim_copy(src: Path, dst: Path, meta: dict) -> None:
     """Re-save without the optimizer state (half the file: SGD momentum is as large as the weights)."""
-    from imgclf.modelfile import load_model, save_model
+    from imgclf.runtime.modelfile import load_model, save_model
 
     model, _ = load_model(src)  # compile=False: no optimizer
     save_model(model, dst, meta)
@@ -48,15 +48,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(shared / "datasets" / "cifar10-jpeg" / "train"))
     ap.add_argument("--limit-per-class", type=int, default=None, help="train on a subset (default: all 5,000)")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    ap.add_argument("--out-dir", type=Path, default=REPO / "src" / "imgclf" / "pretrained")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "src" / "imgclf" / "runtime" / "pretrained")
     ap.add_argument("--name", default="cifar10")
     ap.add_argument("--max-mb", type=float, default=2.0)
     args = ap.parse_args(argv)
 
     import imgclf
-    from imgclf.export import export
-    from imgclf.inference import expand_paths
-    from imgclf.modelfile import read_meta
+    from imgclf.deploy.export import export
+    from imgclf.runtime.classifier import expand_paths
+    from imgclf.runtime.modelfile import read_meta
 
     # train fits the temperature on half of the validation split and stores it in the model, so the
     # shipped model's probabilities are calibrated; report=True adds the HTML report beside it

@@ -87,8 +87,8 @@ def make_model(spec: str, workdir: Path) -> Path:
         return Path(spec)
     import keras
 
-    from imgclf.models import create_model
-    from imgclf.modelfile import save_model
+    from imgclf.models.registry import create_model
+    from imgclf.runtime.modelfile import save_model
 
     keras.utils.set_random_seed(0)
     if spec.startswith("recipe:"):  # the model of a named recipe, e.g. recipe:fast80
@@ -205,7 +205,7 @@ def load_level(url, port, blob, clients, total, max_seconds) -> dict:
 
 
 def offline(path: Path, images: np.ndarray, repeats: int = 3) -> float:
-    from imgclf.inference import load_classifier
+    from imgclf.runtime.classifier import load_classifier
 
     clf = load_classifier(path)
     clf.predict_proba(images[:256])
@@ -227,10 +227,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve_load.json")
     args = ap.parse_args(argv)
 
-    from imgclf.export import export
-    from imgclf.images import to_rgb
-    from imgclf.inference import expand_paths
-    from imgclf.modelfile import load_model
+    from imgclf.deploy.export import export
+    from imgclf.data.images import to_rgb
+    from imgclf.runtime.classifier import expand_paths
+    from imgclf.runtime.modelfile import load_model
 
     files = expand_paths([SHARED / "datasets" / "cifar10-jpeg" / "train" / "cat"])
     blob = files[0].read_bytes()

@@ -22,8 +22,8 @@ def make_tiny_model(path: Path, model: str = "seed_cnn", classes=CLASSES, steps:
     """A small model trained for a couple of steps on random data (so its outputs depend on the image)."""
     import keras
 
-    from imgclf.models import create_model
-    from imgclf.modelfile import save_model
+    from imgclf.models.registry import create_model
+    from imgclf.runtime.modelfile import save_model
 
     keras.utils.set_random_seed(0)
     m = create_model(model, len(classes), (32, 32, 3), **options)

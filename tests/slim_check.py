@@ -92,7 +92,7 @@ def with_imgclf_metadata(model: bytes, text: str) -> bytes:
 
 def check_bad_metadata(tmp: Path, img: Path) -> None:
     """predict and serve refuse an .onnx file whose metadata is wrong with one error line, exit 2."""
-    from imgclf.zoo import PRETRAINED_DIR
+    from imgclf.runtime.zoo import PRETRAINED_DIR
 
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     good = {"class_names": classes, "input_size": 32, "resize": "stretch"}

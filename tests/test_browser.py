@@ -20,8 +20,8 @@ CHROMEDRIVER = os.environ.get("IMGCLF_CHROMEDRIVER", "/usr/bin/chromedriver")
 
 @pytest.fixture(scope="module")
 def server():
-    from imgclf.serve import create_app
-    from imgclf.zoo import pretrained_path
+    from imgclf.deploy.serve import create_app
+    from imgclf.runtime.zoo import pretrained_path
 
     with ServerThread(create_app(pretrained_path("cifar10", prefer=("keras",)))) as s:
         yield s

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgclf import calibration as cal
+from imgclf.evaluation import calibration as cal
 from imgclf.errors import ImgclfError
-from imgclf.inference import apply_temperature
+from imgclf.runtime.classifier import apply_temperature
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -142,8 +142,8 @@ def test_bad_input_is_one_clear_error():
 def test_stored_temperature_is_applied_by_the_classifier(tmp_path):
     import keras
 
-    from imgclf.inference import load_classifier
-    from imgclf.modelfile import read_meta, save_model
+    from imgclf.runtime.classifier import load_classifier
+    from imgclf.runtime.modelfile import read_meta, save_model
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
@@ -204,8 +204,8 @@ def _val_set(run_dir):
     """The run's validation ImageSet (rebuilt from its config), the model's metadata and the config."""
     import yaml
 
-    from imgclf.data import load_dataset
-    from imgclf.modelfile import read_meta
+    from imgclf.data.dataset import load_dataset
+    from imgclf.runtime.modelfile import read_meta
 
     c = yaml.safe_load((run_dir / "config.yaml").read_text())
     data = load_dataset(c["data"], None, c["input_size"], c["resize"], c["val_fraction"], c["split_seed"],
@@ -220,7 +220,7 @@ def test_train_without_report_stores_the_temperature_fitted_on_single_pass_probs
 
     from conftest import make_folder
     from imgclf.cli import main
-    from imgclf.inference import load_classifier
+    from imgclf.runtime.classifier import load_classifier
 
     # three close greys: after one epoch the model is unsure and T is fitted inside its bounds
     data = make_folder(tmp_path / "data", per_class=16, size=16,

@@ -1,4 +1,4 @@
-"""Tests for imgclf.cifar, using tiny archives built in the official CIFAR-10 format.
+"""Tests for imgclf.data.cifar, using tiny archives built in the official CIFAR-10 format.
 
 The batches are written the way the real files are: protocol-2 pickles of dicts
 with bytes keys holding numpy arrays (so the pickles really reference numpy's
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.cifar import (
+from imgclf.data.cifar import (
     CIFAR10_CLASSES,
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -297,7 +297,7 @@ def test_module_imports_without_keras_or_tensorflow():
         "import sys\n"
         "sys.modules['keras'] = None\n"
         "sys.modules['tensorflow'] = None\n"
-        "import imgclf.cifar\n"
+        "import imgclf.data.cifar\n"
         "assert 'keras' in sys.modules and sys.modules['keras'] is None\n"
         "print('ok')\n"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgclf import corruptions as C
+from imgclf.evaluation import corruptions as C
 from imgclf.errors import ImgclfError
 
 

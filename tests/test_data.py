@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_folder
-from imgclf import data as data_mod
-from imgclf.data import class_weights, load_dataset, load_folder, scan_folder, stratified_split
+from imgclf.data import dataset as data_mod
+from imgclf.data.dataset import class_weights, load_dataset, load_folder, scan_folder, stratified_split
 from imgclf.errors import DataError
 
 
@@ -146,7 +146,7 @@ def _tiny_cifar(path, n=6):
 
 def test_cifar_archive_as_a_dataset(tmp_path, monkeypatch):
     archive = _tiny_cifar(tmp_path / "cifar-10-python.tar.gz")
-    from imgclf import cifar
+    from imgclf.data import cifar
 
     monkeypatch.setattr(cifar, "CIFAR10_MD5", None)
     monkeypatch.setattr(cifar.load_cifar10, "__defaults__", (None, None, None))

@@ -95,7 +95,7 @@ def test_keras_floor_is_the_version_with_the_apis_we_use():
     import json
     import zipfile
 
-    with zipfile.ZipFile(SRC / "pretrained" / "cifar10.keras") as z:
+    with zipfile.ZipFile(SRC / "runtime" / "pretrained" / "cifar10.keras") as z:
         saved = json.loads(z.read("metadata.json"))["keras_version"]
     assert floor >= tuple(int(x) for x in saved.split(".")[:2]), (keras_req, saved)
     import keras

@@ -34,7 +34,7 @@ def real_images():
 
 
 def keras_probs(path, x):
-    from imgclf.modelfile import load_model
+    from imgclf.runtime.modelfile import load_model
 
     model, _ = load_model(path)
     return np.asarray(model.predict_on_batch(x.astype("float32")))
@@ -50,7 +50,7 @@ def test_all_three_formats_are_supported_here():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_parity_on_real_images(fmt, keras_model, real_images, tmp_path):
-    from imgclf.export import EXPORTERS, check_batch, export
+    from imgclf.deploy.export import EXPORTERS, check_batch, export
 
     out = tmp_path / {"onnx": "m.onnx", "savedmodel": "m_savedmodel", "tflite": "m.tflite"}[fmt]
     result = export(keras_model, fmt, out, check_data=real_images)
@@ -66,9 +66,9 @@ def test_export_parity_on_real_images(fmt, keras_model, real_images, tmp_path):
 
 
 def test_onnx_metadata_and_classifier(keras_model, tmp_path):
-    from imgclf.export import export
-    from imgclf.inference import load_classifier
-    from imgclf.modelfile import read_meta
+    from imgclf.deploy.export import export
+    from imgclf.runtime.classifier import load_classifier
+    from imgclf.runtime.modelfile import read_meta
 
     out = export(keras_model, "onnx", tmp_path / "m.onnx").path
     clf = load_classifier(out)
@@ -81,7 +81,7 @@ def test_onnx_metadata_and_classifier(keras_model, tmp_path):
 
 
 def test_savedmodel_and_tflite_carry_metadata(keras_model, tmp_path):
-    from imgclf.export import export
+    from imgclf.deploy.export import export
 
     sm = export(keras_model, "savedmodel", tmp_path / "m_savedmodel").path
     assert json.loads((sm / "assets" / "imgclf.json").read_text())["class_names"] == CLASSES
@@ -93,7 +93,7 @@ def test_savedmodel_and_tflite_carry_metadata(keras_model, tmp_path):
 
 
 def test_failed_parity_writes_nothing(keras_model, tmp_path, monkeypatch):
-    import imgclf.export as ex
+    import imgclf.deploy.export as ex
 
     make, run = ex.EXPORTERS["onnx"]
     monkeypatch.setitem(ex.EXPORTERS, "onnx", (make, lambda p, x: run(p, x) + 2e-4))
@@ -132,7 +132,7 @@ def test_export_bad_input(argv, message, keras_model, tmp_path):
     argv = [a.format(missing=tmp_path / "nope.keras", onnx=tmp_path / "m.onnx", keras=keras_model, tmp=tmp_path)
             for a in argv]
     with pytest.raises(ImgclfError, match=message):
-        from imgclf.export import export
+        from imgclf.deploy.export import export
 
         export(argv[1], argv[3], argv[5] if len(argv) > 5 else None)
     assert main(argv) == 2
@@ -149,8 +149,8 @@ def test_unknown_format_is_refused(keras_model, capsys):
 def test_onnx_without_metadata_or_garbage(keras_model, tmp_path):
     import onnx
 
-    from imgclf.export import export
-    from imgclf.onnx_runtime import OnnxClassifier
+    from imgclf.deploy.export import export
+    from imgclf.runtime.onnx_runtime import OnnxClassifier
 
     path = export(keras_model, "onnx", tmp_path / "m.onnx").path
     proto = onnx.load(str(path))
@@ -170,9 +170,9 @@ def test_fastnet_exports_and_explains(tmp_path, real_images):
 
     import onnx
 
-    from imgclf.export import export
-    from imgclf.gradcam import GradCam
-    from imgclf.modelfile import load_model
+    from imgclf.deploy.export import export
+    from imgclf.deploy.gradcam import GradCam
+    from imgclf.runtime.modelfile import load_model
 
     path = make_tiny_model(tmp_path / "fast.keras", model="fastnet", widths=(16, 32, 32))
     result = export(path, "onnx", check_data=real_images)
@@ -192,7 +192,7 @@ def test_a_lone_erfc_becomes_one_minus_erf():
     from onnx import TensorProto, helper
     from scipy.special import erfc
 
-    from imgclf.export import _rewrite_erfc
+    from imgclf.deploy.export import _rewrite_erfc
 
     graph = helper.make_graph([helper.make_node("Erfc", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],

@@ -16,11 +16,11 @@ import pytest
 from conftest import make_folder
 from imgclf.config import RECIPES, make_config
 from imgclf.errors import ConfigError
-from imgclf.flops import count_flops
-from imgclf.models import create_model, init_from_data, whitening_filters
-from imgclf.training import Batches, augment_batch, lr_at, train
-from imgclf.data import ImageSet
-from imgclf.inference import Classifier, tta_views
+from imgclf.models.flops import count_flops
+from imgclf.models.registry import create_model, init_from_data, whitening_filters
+from imgclf.training.trainer import Batches, augment_batch, lr_at, train
+from imgclf.data.dataset import ImageSet
+from imgclf.runtime.classifier import Classifier, tta_views
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ def test_lookahead_pulls_weights_toward_a_slow_average_every_5_steps():
     import keras
     from types import SimpleNamespace
 
-    from imgclf.training import Lookahead
+    from imgclf.training.trainer import Lookahead
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
     kernel = model.weights[0]
@@ -318,7 +318,7 @@ def test_fast80_recipe_learns_real_images(cifar_jpeg, tmp_path):
 
 
 class FakeTime:
-    """Stands in for the `time` module inside imgclf.training: each reading advances 0.25 s, so a
+    """Stands in for the `time` module inside imgclf.training.trainer: each reading advances 0.25 s, so a
     time budget runs out after a fixed number of steps, however loaded the machine is."""
 
     def __init__(self):
@@ -331,10 +331,10 @@ class FakeTime:
 
 @pytest.mark.slow
 def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path, monkeypatch):
-    import imgclf.training
+    import imgclf.training.trainer
 
     clock = FakeTime()
-    monkeypatch.setattr(imgclf.training, "time", clock)
+    monkeypatch.setattr(imgclf.training.trainer, "time", clock)
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, time_budget=25,
                 batch_size=8, model_options={"widths": [8, 16, 16], "whiten_width": 6},
                 run_dir=tmp_path / "run", verbose=0, report=False)
@@ -354,9 +354,9 @@ def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path
 def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path):
     """The recipe's TTA (mirror + 1-pixel shifts) is saved with the model: evaluating the file with
     --tta gives the validation loss that training reported."""
-    from imgclf.data import load_dataset
-    from imgclf.evaluation import evaluate_arrays
-    from imgclf.inference import load_classifier
+    from imgclf.data.dataset import load_dataset
+    from imgclf.evaluation.evaluator import evaluate_arrays
+    from imgclf.runtime.classifier import load_classifier
 
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=1, batch_size=8, tta=True,
                 tta_translate=1, learning_rate=0.01, model_options={"widths": [8, 16, 16], "whiten_width": 6},
@@ -410,7 +410,7 @@ def test_mixed_precision_model_computes_in_bf16_but_outputs_float32():
 
 def test_auto_precision_is_bf16_only_on_a_bf16_cpu(monkeypatch):
     import keras
-    from imgclf import models
+    from imgclf.models import registry as models
 
     assert models.resolve_precision("mixed_float16") == "mixed_float16"  # explicit: left alone
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
@@ -424,9 +424,9 @@ def test_auto_precision_is_bf16_only_on_a_bf16_cpu(monkeypatch):
 
 @pytest.mark.slow
 def test_mixed_precision_training_saves_a_float32_model_that_matches_its_metrics(colour_folder, tmp_path):
-    from imgclf.data import load_dataset
-    from imgclf.evaluation import evaluate_arrays
-    from imgclf.inference import load_classifier
+    from imgclf.data.dataset import load_dataset
+    from imgclf.evaluation.evaluator import evaluate_arrays
+    from imgclf.runtime.classifier import load_classifier
 
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=2, batch_size=8,
                 precision="mixed_bfloat16", learning_rate=0.01,
@@ -447,7 +447,7 @@ def test_mixed_precision_training_saves_a_float32_model_that_matches_its_metrics
 
 def test_bias_lr_scale_multiplies_only_the_bias_steps_and_keeps_their_decay():
     import keras
-    from imgclf.training import BiasScaledSGD
+    from imgclf.training.trainer import BiasScaledSGD
 
     def one_step(opt):
         beta = keras.Variable(np.full(3, 2.0, np.float32), name="beta")
@@ -496,7 +496,7 @@ def test_fast_training_runs_on_the_jax_backend(tmp_path):
         " lookahead_start=0.3, bias_lr_scale=64,"
         " model_options={'widths': [8, 16, 16], 'whiten_width': 6},"
         f" run_dir={str(tmp_path / 'run')!r}, verbose=0, report=False)\n"
-        "from imgclf.inference import load_classifier\n"
+        "from imgclf.runtime.classifier import load_classifier\n"
         "c = load_classifier(run.model_path)\n"
         "p = c.predict_proba(c.load_images([str(next((run.run_dir.parent / 'colours' / 'red').iterdir()))]), tta=True)\n"
         "print(json.dumps({'backend': keras.backend.backend(), 'sum': float(p.sum()),"

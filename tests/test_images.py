@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from imgclf.errors import DataError
-from imgclf.images import BACKGROUND, MAX_PIXELS, to_rgb
+from imgclf.data.images import BACKGROUND, MAX_PIXELS, to_rgb
 
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):

@@ -102,7 +102,7 @@ def test_fifo_given_to_predict_is_refused(trained_colour_model, tmp_path, cache)
 OPENERS = """
 import sys
 from imgclf.errors import ImgclfError
-from imgclf.images import to_rgb
+from imgclf.data.images import to_rgb
 from imgclf.config import read_config_file
 try:
     (to_rgb if sys.argv[1] == "image" else read_config_file)(sys.argv[2])
@@ -145,7 +145,7 @@ def test_other_non_regular_entries_are_refused_by_train(tmp_path, cache, capsys,
 
 
 def test_symlink_to_a_regular_image_is_fine_and_skip_bad_skips_the_rest(tmp_path, cache, capsys):
-    from imgclf.data import scan_folder
+    from imgclf.data.dataset import scan_folder
 
     data = make_folder(tmp_path / "d", per_class=3, size=8)
     (data / "red" / "link.png").symlink_to(data / "blue" / "000.png")
@@ -249,7 +249,7 @@ def test_rejected_datasets_leave_no_cache_file(tmp_path, cache, capsys, case):
 
 def test_classes_other_than_the_models_are_refused_before_decoding(tmp_path, cache):
     """load_dataset(class_names=...) is for evaluate: a model's classes, checked on the file list."""
-    from imgclf.data import load_dataset
+    from imgclf.data.dataset import load_dataset
     from imgclf.errors import DataError
 
     data = make_folder(tmp_path / "d", per_class=4, size=8)
@@ -260,7 +260,7 @@ def test_classes_other_than_the_models_are_refused_before_decoding(tmp_path, cac
 
 def test_a_good_dataset_is_cached_atomically(tmp_path, cache):
     """The counterpart: a dataset that passes is cached, under its final name only."""
-    from imgclf.data import load_dataset
+    from imgclf.data.dataset import load_dataset
 
     load_dataset(str(make_folder(tmp_path / "d", per_class=4, size=8)), input_size=8, val_fraction=0.25)
     names = [p.name for p in cache.iterdir()]

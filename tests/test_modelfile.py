@@ -21,8 +21,8 @@ from PIL import Image
 
 from imgclf.cli import main
 from imgclf.errors import ImgclfError
-from imgclf.images import RESIZE_RULES
-from imgclf.modelmeta import MAX_INPUT_SIZE, MAX_META_BYTES, validate_meta
+from imgclf.data.images import RESIZE_RULES
+from imgclf.runtime.modelmeta import MAX_INPUT_SIZE, MAX_META_BYTES, validate_meta
 
 CLASSES = ["red", "green", "blue"]
 GOOD = {"class_names": CLASSES, "input_size": 8, "resize": "stretch", "temperature": 1.0, "tta_translate": 0}
@@ -105,7 +105,7 @@ def base(tmp_path_factory) -> Path:
     """A real 8x8x3 -> 3-class .keras model with valid metadata."""
     import keras
 
-    from imgclf.modelfile import save_model
+    from imgclf.runtime.modelfile import save_model
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
@@ -115,7 +115,7 @@ def base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_onnx(base) -> Path:
-    from imgclf.export import export
+    from imgclf.deploy.export import export
 
     return export(base, "onnx", base.with_name("tiny.onnx")).path
 
@@ -157,7 +157,7 @@ def test_valid_model_predicts(base, base_onnx, data, capsys):
 
 @pytest.mark.parametrize("field, value", BAD, ids=IDS)
 def test_bad_keras_metadata(field, value, base, data, tmp_path, capsys):
-    from imgclf.serve import create_app
+    from imgclf.deploy.serve import create_app
 
     path = keras_with_meta(base, tmp_path, bad_meta(field, value))
     image = data / "red" / "0.png"
@@ -176,7 +176,7 @@ def test_bad_keras_metadata(field, value, base, data, tmp_path, capsys):
 
 @pytest.mark.parametrize("field, value", BAD, ids=IDS)
 def test_bad_onnx_metadata(field, value, base_onnx, data, tmp_path, capsys):
-    from imgclf.serve import create_app
+    from imgclf.deploy.serve import create_app
 
     path = onnx_with_meta(base_onnx, tmp_path, json.dumps(bad_meta(field, value)))
     assert main(["predict", str(path), str(data / "red" / "0.png")]) == 2
@@ -317,7 +317,7 @@ meta_like = st.fixed_dictionaries(
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(json_values, meta_like))
 def test_validate_meta_fuzz(meta):
-    from imgclf.inference import Classifier, apply_temperature
+    from imgclf.runtime.classifier import Classifier, apply_temperature
 
     try:
         out = validate_meta(meta, "m.keras: imgclf.json")

@@ -19,7 +19,7 @@ from PIL import Image
 
 import imgclf
 from imgclf.cli import main
-from imgclf.modelfile import read_meta
+from imgclf.runtime.modelfile import read_meta
 
 COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 RUN_SECTIONS = {"summary", "results", "learning-curves", "confusion-matrix", "per-class", "errors", "calibration",
@@ -129,7 +129,7 @@ def test_the_fitted_temperature_is_stored_and_used_by_predict(run):
     clf = imgclf.load_classifier(result.model_path)
     assert clf.temperature == pytest.approx(cal["temperature"])
     x = clf.load_images(sorted((data / "red").iterdir())[:4])
-    from imgclf.inference import apply_temperature
+    from imgclf.runtime.classifier import apply_temperature
 
     raw = clf.predict_proba(x, calibrated=False)
     assert np.allclose(clf.predict_proba(x), apply_temperature(raw, cal["temperature"]), atol=1e-6)
@@ -209,7 +209,7 @@ def test_evaluate_refuses_an_output_folder_holding_the_model(run, capsys):
 @pytest.mark.slow
 def test_compare_and_repeats(run, tmp_path, capsys):
     result, data = run
-    from imgclf.repeats import train_repeats
+    from imgclf.training.repeats import train_repeats
 
     info = train_repeats(data=str(data), repeats=2, epochs=1, batch_size=16, val_fraction=0.25,
                          run_dir=tmp_path / "rep", verbose=0)
@@ -240,7 +240,7 @@ def test_study_folder_report(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (60, 40), (10, 120, 200)).save(buf, format="PNG")
     (study / "plots" / "optimization_history.png").write_bytes(buf.getvalue())
-    from imgclf.report import make_report
+    from imgclf.report.build import make_report
 
     path = make_report(study)
     page = parse(path)

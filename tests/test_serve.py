@@ -1,4 +1,4 @@
-"""The HTTP server (imgclf.serve) through a real HTTP client against a running uvicorn server on
+"""The HTTP server (imgclf.deploy.serve) through a real HTTP client against a running uvicorn server on
 loopback: the happy path on both runtimes, every bad input, batching, offline docs, the web page,
 and the slim (no TensorFlow / no Keras) import path."""
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from imgclf.export import export
+    from imgclf.deploy.export import export
 
     d = tmp_path_factory.mktemp("models")
     keras_path = make_tiny_model(d / "tiny.keras")
@@ -35,7 +35,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_server(models):
-    from imgclf.serve import create_app
+    from imgclf.deploy.serve import create_app
 
     with ServerThread(create_app(models["onnx"], max_files=4, max_bytes=200_000, batch_window_ms=5)) as s:
         yield s
@@ -43,7 +43,7 @@ def onnx_server(models):
 
 @pytest.fixture(scope="module")
 def keras_server(models):
-    from imgclf.serve import create_app
+    from imgclf.deploy.serve import create_app
 
     with ServerThread(create_app(models["keras"], max_files=4, max_bytes=200_000)) as s:
         yield s
@@ -77,7 +77,7 @@ def test_health_and_model_card(onnx_server):
 
 @pytest.mark.parametrize("runtime", ["onnx", "keras"])
 def test_predict_matches_the_classifier(runtime, models, onnx_server, keras_server):
-    from imgclf.inference import load_classifier, top_k
+    from imgclf.runtime.classifier import load_classifier, top_k
 
     server = onnx_server if runtime == "onnx" else keras_server
     imgs = [random_image(i, (32 + 8 * i, 40)) for i in range(3)]
@@ -119,8 +119,8 @@ def test_gradcam_equals_gradient_tape(models):
     """The jvp-based Grad-CAM weights equal the reverse-mode gradients (TensorFlow's GradientTape)."""
     import tensorflow as tf
 
-    from imgclf.gradcam import GradCam, normalise, upsample
-    from imgclf.modelfile import load_model
+    from imgclf.deploy.gradcam import GradCam, normalise, upsample
+    from imgclf.runtime.modelfile import load_model
 
     model, _ = load_model(models["keras"])
     cam = GradCam(model)
@@ -140,8 +140,8 @@ def test_gradcam_equals_gradient_tape(models):
 JAX_CAM = """
 import sys, numpy as np, keras
 assert keras.backend.backend() == "jax"
-from imgclf.gradcam import GradCam
-from imgclf.modelfile import load_model
+from imgclf.deploy.gradcam import GradCam
+from imgclf.runtime.modelfile import load_model
 heat, probs = GradCam(load_model(sys.argv[1])[0])(np.load(sys.argv[2]))
 np.save(sys.argv[3], heat)
 """
@@ -150,8 +150,8 @@ np.save(sys.argv[3], heat)
 @pytest.mark.slow
 def test_gradcam_is_backend_agnostic(models, tmp_path):
     """The same Grad-CAM code on the JAX backend (keras.ops.jvp there too) gives the same map."""
-    from imgclf.gradcam import GradCam
-    from imgclf.modelfile import load_model
+    from imgclf.deploy.gradcam import GradCam
+    from imgclf.runtime.modelfile import load_model
 
     x = random_image(4)
     np.save(tmp_path / "x.npy", x)
@@ -311,7 +311,7 @@ for name in ("tensorflow", "keras", "sklearn", "matplotlib", "tf2onnx", "onnx"):
     sys.modules[name] = None  # any import of these now fails
 import io, json
 from fastapi.testclient import TestClient
-from imgclf.serve import create_app
+from imgclf.deploy.serve import create_app
 from imgclf.cli import main
 app = create_app(sys.argv[1])
 with TestClient(app) as c:
@@ -348,7 +348,7 @@ def test_cli_bad_model_is_one_error_line(tmp_path):
 # --- the pretrained model ---------------------------------------------------------------------
 
 def test_pretrained_cifar10_predicts_real_images(tmp_path):
-    from imgclf.zoo import available, pretrained_path
+    from imgclf.runtime.zoo import available, pretrained_path
 
     assert "cifar10" in available()
     path = pretrained_path("cifar10")

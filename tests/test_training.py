@@ -10,7 +10,7 @@ import pytest
 import imgclf
 from imgclf.config import make_config
 from imgclf.errors import ConfigError, ImgclfError
-from imgclf.modelfile import read_meta
+from imgclf.runtime.modelfile import read_meta
 
 
 def test_run_directory_contents(trained_colour_model):

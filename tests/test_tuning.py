@@ -27,7 +27,7 @@ import yaml
 from PIL import Image
 
 from imgclf.cli import main
-from imgclf.tuning import read_space, tune
+from imgclf.tuning.tuner import read_space, tune
 
 PG_URL = os.environ.get("IMGCLF_TEST_POSTGRES_URL")
 
@@ -78,7 +78,7 @@ def assert_grid_done_once(trials, grid_size: int):
 
 
 def tune_cmd(space: Path, *args) -> list[str]:
-    return [sys.executable, "-m", "imgclf.tuning", str(space), "--objective", "toy", "--quiet", "--no-plots", *args]
+    return [sys.executable, "-m", "imgclf.tuning.tuner", str(space), "--objective", "toy", "--quiet", "--no-plots", *args]
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -105,7 +105,7 @@ TWO_WORKERS_OBJECTIVE = textwrap.dedent("""
     import time
     from pathlib import Path
 
-    from imgclf.tuning import toy_objective
+    from imgclf.tuning.tuner import toy_objective
 
 
     def objective(ctx):
@@ -126,7 +126,7 @@ def two_workers_objective(tmp_path: Path) -> str:
 
 
 class FakeClock:
-    """Stands in for the `time` module in imgclf.tuning: time() only moves when the code sleeps,
+    """Stands in for the `time` module in imgclf.tuning.tuner: time() only moves when the code sleeps,
     so a time budget is used up by the toy objective's sleeps, not by how fast the machine is."""
 
     def __init__(self):
@@ -151,7 +151,7 @@ START_TOGETHER = textwrap.dedent("""
     with contextlib.suppress(ImportError):
         import psycopg
     from imgclf.cli import main
-    from imgclf.tuning import read_space
+    from imgclf.tuning.tuner import read_space
 
     read_space(sys.argv[3])
     optuna.storages.RDBStorage("sqlite:///:memory:")
@@ -222,7 +222,7 @@ def fresh_postgres():
 # ---------------------------------------------------------------------------------------
 
 def test_example_space_is_a_valid_grid():
-    from imgclf.tuning import example_space
+    from imgclf.tuning.tuner import example_space
 
     space = read_space(example_space("seed_cnn"))
     assert space.sampler == "grid" and space.pruner == "none"
@@ -505,7 +505,7 @@ def test_train_objective_study_validation_only_and_best_config_reproduces(tmp_pa
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert all(float(r["peak_rss_mb"]) > 0 and int(r["epochs_run"]) == 2 for r in rows)
 
-    from imgclf.training import train
+    from imgclf.training.trainer import train
 
     again = train(out / "best_config.yaml", run_dir=tmp_path / "again", verbose=0, report=False,
                   evaluate_test=False)
@@ -534,9 +534,9 @@ def test_trials_in_child_processes_survive_a_crashing_trial(tmp_path, monkeypatc
 
 
 def test_time_budget_stops_new_trials_and_resume_finishes(tmp_path, monkeypatch):
-    import imgclf.tuning
+    import imgclf.tuning.tuner
 
-    monkeypatch.setattr(imgclf.tuning, "time", FakeClock())  # the budget is spent by the trials only
+    monkeypatch.setattr(imgclf.tuning.tuner, "time", FakeClock())  # the budget is spent by the trials only
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0.4")
     space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 1, "time": "1s"})
     out = tmp_path / "study"

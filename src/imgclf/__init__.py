@@ -14,18 +14,18 @@ ONNX serving path never imports them.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ("imgclf.training", "train"),
+    "train": ("imgclf.training.trainer", "train"),
     "TrainConfig": ("imgclf.config", "TrainConfig"),
     "make_config": ("imgclf.config", "make_config"),
-    "evaluate": ("imgclf.evaluation", "evaluate"),
-    "predict": ("imgclf.prediction", "predict"),
-    "create_model": ("imgclf.models", "create_model"),
-    "list_models": ("imgclf.models", "list_models"),
-    "load_model": ("imgclf.modelfile", "load_model"),
-    "load_classifier": ("imgclf.inference", "load_classifier"),
-    "load_dataset": ("imgclf.data", "load_dataset"),
-    "load_cifar10": ("imgclf.cifar", "load_cifar10"),
-    "to_rgb": ("imgclf.images", "to_rgb"),
+    "evaluate": ("imgclf.evaluation.evaluator", "evaluate"),
+    "predict": ("imgclf.runtime.predict", "predict"),
+    "create_model": ("imgclf.models.registry", "create_model"),
+    "list_models": ("imgclf.models.registry", "list_models"),
+    "load_model": ("imgclf.runtime.modelfile", "load_model"),
+    "load_classifier": ("imgclf.runtime.classifier", "load_classifier"),
+    "load_dataset": ("imgclf.data.dataset", "load_dataset"),
+    "load_cifar10": ("imgclf.data.cifar", "load_cifar10"),
+    "to_rgb": ("imgclf.data.images", "to_rgb"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -68,7 +68,7 @@ def _model_options(pairs) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .training import train
+    from .training.trainer import train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     overrides.pop("model_options", None)
@@ -76,8 +76,8 @@ def cmd_train(args) -> int:
         overrides["model_options"] = _model_options(args.model_option)
     if getattr(args, "repeats", 1) < 1:
         raise ImgclfError(f"--repeats: expected an integer >= 1, got {args.repeats}")
-    if getattr(args, "repeats", 1) != 1:  # mean +- std over seeds (imgclf.repeats)
-        from .repeats import train_repeats
+    if getattr(args, "repeats", 1) != 1:  # mean +- std over seeds (imgclf.training.repeats)
+        from .training.repeats import train_repeats
 
         if args.resume:
             raise ImgclfError("--repeats: cannot be combined with --resume")
@@ -89,21 +89,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate
+    from .evaluation.evaluator import evaluate
 
     evaluate(args.model, args.data, args.test_data, args.out, tta=args.tta, report=args.report)
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import make_report
+    from .report.build import make_report
 
     print(make_report(args.run_dir, args.out, robustness_n=args.robustness_n, verbose=True))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .report import compare
+    from .report.build import compare
 
     print(compare(args.run_dirs, args.out))
     return 0
@@ -113,7 +113,7 @@ def _model_or_pretrained(args, prefer=("onnx", "keras")):
     """(model path, remaining positional paths) for commands that take MODEL or --pretrained NAME."""
     positional = ([str(args.model)] if args.model is not None else []) + list(getattr(args, "paths", []) or [])
     if getattr(args, "pretrained", None):
-        from .zoo import pretrained_path
+        from .runtime.zoo import pretrained_path
 
         return pretrained_path(args.pretrained, prefer), positional
     if not positional:
@@ -122,7 +122,7 @@ def _model_or_pretrained(args, prefer=("onnx", "keras")):
 
 
 def cmd_predict(args) -> int:
-    from .prediction import predict, print_predictions
+    from .runtime.predict import predict, print_predictions
 
     model, paths = _model_or_pretrained(args)
     if not paths:
@@ -135,7 +135,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from .deploy.export import export
 
     result = export(args.model, args.format, args.out, check_data=args.check_data)
     print(result.summary())
@@ -143,7 +143,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from .deploy.serve import serve
 
     model, extra = _model_or_pretrained(args, prefer=("keras", "onnx"))  # .keras gives Grad-CAM heatmaps
     if extra:
@@ -159,7 +159,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models
+    from .models.registry import list_models
 
     print("\n".join(list_models()))
     print("recipes: " + ", ".join(RECIPES))
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap", choices=["auto", "grad-cam", "occlusion", "none"], default="auto")
     p.set_defaults(func=cmd_serve)
 
-    from .tuning import add_parser as add_tune_parser  # imgclf tune: hyperparameter search
+    from .tuning.tuner import add_parser as add_tune_parser  # imgclf tune: hyperparameter search
 
     add_tune_parser(sub)
     return parser

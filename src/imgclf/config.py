@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, quote, shorten
-from .images import read_regular_file
+from .data.images import read_regular_file
 
 MAX_CONFIG_BYTES = 1_000_000  # a config or search-space file larger than this is refused unread
 MAX_STR = 4096  # longest string field (a path) accepted
@@ -35,7 +35,7 @@ class TrainConfig:
     data: str | None = None  # image folder, CIFAR archive/folder, or "cifar10" (download)
     test_data: str | None = None  # optional separate test image folder
     input_size: int = 32  # square side length in pixels
-    resize: str = "stretch"  # stretch | crop | pad  (see imgclf.images)
+    resize: str = "stretch"  # stretch | crop | pad  (see imgclf.data.images)
     val_fraction: float = 0.1
     split_seed: int = 0  # the validation split is fixed by this seed, not by `seed`
     limit_per_class: int | None = None  # use at most this many training images per class
@@ -314,7 +314,7 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
 
 def _check_model(cfg: TrainConfig) -> None:
     """The model name and the names of its options, checked before any data is loaded (or cached)."""
-    from .models import MODELS, list_models  # lazy: imports Keras
+    from .models.registry import MODELS, list_models  # lazy: imports Keras
 
     if cfg.model not in MODELS:
         raise ConfigError(f"config: field 'model' expects one of {', '.join(list_models())}, got {quote(cfg.model)}")

@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig, make_config, read_config_file, save_config
-from .data import Dataset, ImageSet, class_weights, load_dataset
-from .errors import ConfigError, ImgclfError
-from .fileio import atomic_write, write_csv, write_json
-from .inference import tta_views
+from ..config import TrainConfig, make_config, read_config_file, save_config
+from ..data.dataset import Dataset, ImageSet, class_weights, load_dataset
+from ..errors import ConfigError, ImgclfError
+from ..fileio import atomic_write, write_csv, write_json
+from ..runtime.classifier import tta_views
 
 import keras  # noqa: E402  (after the imgclf imports so that bad input fails before the slow import)
 
-from . import __version__  # noqa: E402
-from .models import create_model, init_from_data  # noqa: E402
-from .modelfile import save_model  # noqa: E402
+from .. import __version__  # noqa: E402
+from ..models.registry import create_model, init_from_data  # noqa: E402
+from ..runtime.modelfile import save_model  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         model = build_compiled_model(dataclasses.replace(cfg, precision="float32", bias_lr_scale=1.0), num_classes)
         model.set_weights(trained.get_weights())
 
-    from .evaluation import evaluate_arrays, results_table, write_evaluation  # matplotlib/sklearn: imported late
+    from ..evaluation.evaluator import evaluate_arrays, results_table, write_evaluation  # matplotlib/sklearn: imported late
 
     meta = model_meta(cfg, data, model)
     history = list(csv.DictReader(open(run_dir / "history.csv", newline="")))
@@ -518,7 +518,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     # Training owns the temperature: fitted on half of the validation split and measured on the other
     # half (seeded by the split seed), from single-pass probabilities as predict and serve return by
     # default, and stored in the model's metadata before the file is written. Reports only read it.
-    from . import calibration
+    from ..evaluation import calibration
 
     val_single = predict(data.val, False) if cfg.tta else results["val"]["probs"]
     meta["temperature"], meta["calibration"] = calibration.fit_for_model(val_single, data.val.y, seed=cfg.split_seed)
@@ -533,7 +533,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         "backend": keras.backend.backend(), "precision": precision,
         "calibration": meta["calibration"],  # T and its numbers, or why it was skipped
     }
-    from .flops import count_flops
+    from ..models.flops import count_flops
 
     flops = count_flops(model)
     images_seen = schedule.images_seen + (model._initial_epoch or 0) * len(data.train)  # + resumed epochs
@@ -545,7 +545,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     model_path = save_model(model, run_dir / "model.keras", meta)
     write_evaluation(run_dir, results["val"], data.class_names, "val")
     write_json(run_dir / "metrics.json", metrics)
-    from .plots import plot_learning_curves
+    from ..figures import plot_learning_curves
 
     plot_learning_curves(history, run_dir / "learning_curves.png")
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
@@ -553,7 +553,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         print(results_table(metrics))
         print(f"run directory: {run_dir}")
     if cfg.report:  # reuses the model, images and (single-pass) validation predictions in memory
-        from .report import make_report
+        from ..report.build import make_report
 
         make_report(run_dir, model=model, data=data, val_probs=val_single, verbose=bool(verbose))
     return RunResult(run_dir, model_path, metrics, cfg)

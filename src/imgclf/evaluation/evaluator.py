@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, ImageSet, files_hash, load_dataset
-from .errors import ImgclfError
-from .fileio import atomic_write, write_json
-from .inference import load_classifier
+from ..data.dataset import Dataset, ImageSet, files_hash, load_dataset
+from ..errors import ImgclfError
+from ..fileio import atomic_write, write_json
+from ..runtime.classifier import load_classifier
 
 
 def evaluate_arrays(probs: np.ndarray, y: np.ndarray) -> dict:
@@ -63,7 +63,7 @@ def per_class_table(result: dict, class_names: list[str]) -> str:
 
 def write_evaluation(out_dir: Path, result: dict, class_names: list[str], name: str) -> None:
     """classification_report.txt and confusion_matrix.png for one set."""
-    from .plots import plot_confusion_matrix
+    from ..figures import plot_confusion_matrix
 
     cm = np.asarray(result["confusion_matrix"])
     text = per_class_table(result, class_names) + "\n\nconfusion matrix (rows: true, columns: predicted)\n" + \
@@ -136,7 +136,7 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
               "\n".join(" ".join(f"{v:>5d}" for v in row) for row in cm))
         print(f"\nwritten: {out_dir}/metrics.json, confusion_matrix.png, classification_report.txt", file=sys.stderr)
     if report:  # out_dir/report.html: gallery, calibration at the stored temperature, robustness
-        from .report import EvalSet, make_report
+        from ..report.build import EvalSet, make_report
 
         s = sets[held_out]
         make_report(out_dir, eval_set=EvalSet(held_out, _all_images(s), s.y, results[held_out]["probs"], list(s.files),

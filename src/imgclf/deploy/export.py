@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImgclfError
+from ..errors import ImgclfError
 
 FORMATS = ("onnx", "savedmodel", "tflite")
 SUFFIX = {"onnx": ".onnx", "savedmodel": "_savedmodel", "tflite": ".tflite"}
@@ -57,8 +57,8 @@ class ExportResult:
 def check_batch(size: int, n: int = 64, seed: int = 0, check_data=None, resize: str = "stretch") -> np.ndarray:
     """The parity test batch: real images from `check_data`, else seeded synthetic images."""
     if check_data:
-        from .images import to_rgb
-        from .inference import expand_paths
+        from ..data.images import to_rgb
+        from ..runtime.classifier import expand_paths
 
         files = expand_paths([check_data] if isinstance(check_data, (str, Path)) else check_data)[:n]
         if not files:
@@ -206,7 +206,7 @@ def _rewrite_erfc(proto):
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
-    from .onnx_runtime import OnnxClassifier
+    from ..runtime.onnx_runtime import OnnxClassifier
 
     return OnnxClassifier(path)._raw_probs(x)
 
@@ -290,7 +290,7 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
         raise ImgclfError(f"{out}: a TFLite export must end in .tflite")
     if fmt == "onnx" and out.suffix != ".onnx":
         raise ImgclfError(f"{out}: an ONNX export must end in .onnx")
-    from .modelfile import load_model
+    from ..runtime.modelfile import load_model
 
     model, meta = load_model(model_path)
     meta = {**meta, "exported_from": model_path.name, "export_format": fmt}

@@ -17,8 +17,8 @@ import math
 import os
 import unicodedata
 
-from .errors import ImgclfError
-from .images import MAX_PIXELS, RESIZE_RULES
+from ..errors import ImgclfError
+from ..data.images import MAX_PIXELS, RESIZE_RULES
 
 MAX_META_BYTES = 1_000_000  # imgclf.json / the ONNX 'imgclf' string
 MAX_MODEL_BYTES = 4 << 30  # a whole model file, uncompressed (IMGCLF_MAX_MODEL_BYTES overrides)

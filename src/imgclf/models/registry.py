@@ -12,7 +12,7 @@ from typing import Callable
 import keras
 from keras import layers
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MODELS: dict[str, Callable[..., keras.Model]] = {}
 

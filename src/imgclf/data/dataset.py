@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, quote
-from .fileio import atomic_write
+from ..errors import DataError, quote
+from ..fileio import atomic_write
 from .images import IMAGE_EXTENSIONS, check_regular_file, to_rgb
-from .modelmeta import class_name_problem
+from ..runtime.modelmeta import class_name_problem
 
 CACHE_FORMAT = 1
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImgclfError
-from .inference import Classifier
+from ..errors import ImgclfError
+from .classifier import Classifier
 from .modelmeta import MAX_META_BYTES, check_shapes, max_model_bytes, parse_meta_json, validate_meta
 
 META_KEY = "imgclf"

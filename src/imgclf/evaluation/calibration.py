@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from .errors import ImgclfError
-from .inference import apply_temperature
+from ..errors import ImgclfError
+from ..runtime.classifier import apply_temperature
 
 N_BINS = 15
 T_BOUNDS = (0.05, 20.0)

@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from .errors import ImgclfError
+from ..errors import ImgclfError
 from .modelmeta import MAX_META_BYTES, check_shapes, max_model_bytes, parse_meta_json, validate_meta
 
 META_MEMBER = "imgclf.json"

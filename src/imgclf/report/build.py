@@ -42,9 +42,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
-from .errors import ImgclfError
-from .fileio import atomic_write, write_json
+from .. import __version__
+from ..errors import ImgclfError
+from ..fileio import atomic_write, write_json
 
 REPORT_NAME = "report.html"
 GALLERY_SIZE = 24
@@ -203,7 +203,7 @@ def write_html(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------------------------------
 
 def _plt():
-    from . import plots  # noqa: F401  (selects the Agg backend)
+    from .. import figures  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
 
     return plt
@@ -431,7 +431,7 @@ def robustness_section(rob: dict, set_name: str) -> str:
 
 
 def config_section(cfg: dict) -> str:
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
     defaults = TrainConfig().to_dict()
     rows = []
@@ -479,7 +479,7 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def _read_config(path: Path) -> dict:
-    from .config import read_yaml_file
+    from ..config import read_yaml_file
 
     if not path.is_file():
         return {}
@@ -519,7 +519,7 @@ def folder_kind(folder: Path) -> str:
 
 def _run_val_set(folder: Path, cfg: dict, meta: dict | None, page: _Page, data=None):
     """The run's validation ImageSet and class names: from `data` if given, else reloaded."""
-    from .data import files_hash, load_dataset
+    from ..data.dataset import files_hash, load_dataset
 
     if data is None:
         if not cfg.get("data"):
@@ -547,7 +547,7 @@ def _image_sections(page: _Page, ev: EvalSet, predict: Predict | None, temperatu
                     robustness_n: int | None, seed: int) -> None:
     """Gallery, calibration (at the stored `temperature`; `fit`: its stored record) and robustness
     for one set of images + raw probabilities. Nothing is fitted and no model file is written."""
-    from . import calibration
+    from ..evaluation import calibration
 
     page.add("errors", "Most confidently wrong", gallery_section(ev))
     try:
@@ -562,7 +562,7 @@ def _image_sections(page: _Page, ev: EvalSet, predict: Predict | None, temperatu
     except ImgclfError as e:
         page.notes.append(f"calibration skipped: {e}")
     if predict is not None and robustness_n != 0:
-        from .corruptions import robustness
+        from ..evaluation.corruptions import robustness
 
         limit = None
         if robustness_n is None:  # automatic: up to ROBUSTNESS_N images, fewer if the time budget needs it
@@ -582,7 +582,7 @@ def _image_sections(page: _Page, ev: EvalSet, predict: Predict | None, temperatu
 
 def _run_report(folder: Path, page: _Page, model=None, data=None, val_probs=None, robustness_n=None,
                 seed: int | None = None) -> None:
-    from .modelfile import read_meta
+    from ..runtime.modelfile import read_meta
 
     cfg = _read_config(folder / "config.yaml")
     if seed is None:  # the corruption subsample follows the split seed
@@ -614,7 +614,7 @@ def _run_report(folder: Path, page: _Page, model=None, data=None, val_probs=None
     if model is not None:
         predict = keras_predict(model)
     elif meta is not None:
-        from .inference import load_classifier
+        from ..runtime.classifier import load_classifier
 
         predict = classifier_predict(load_classifier(model_path))
     val, class_names = _run_val_set(folder, cfg, meta, page, data) if (meta or data) else (None, None)
@@ -632,7 +632,7 @@ def _run_report(folder: Path, page: _Page, model=None, data=None, val_probs=None
         probs = np.asarray(val_probs, np.float64) if val_probs is not None else predict(x)
         ev = EvalSet("val", x, val.y, probs, list(val.files), class_names)
 
-    from .evaluation import evaluate_arrays
+    from ..evaluation.evaluator import evaluate_arrays
 
     result = evaluate_arrays(ev.probs, ev.y) if ev is not None else None
     cm_png = folder / "confusion_matrix.png"
@@ -648,7 +648,7 @@ def _run_report(folder: Path, page: _Page, model=None, data=None, val_probs=None
     page.add("confusion-matrix", "Confusion matrix and per-class metrics",
              f'<div class="row"><div>{cm_html}</div><div id="per-class">{per_class}</div></div>')
     if ev is not None:
-        from .calibration import stored_calibration
+        from ..evaluation.calibration import stored_calibration
 
         temperature, fit = stored_calibration(meta, str(model_path)) if meta is not None else (1.0, None)
         _image_sections(page, ev, predict, temperature, fit, robustness_n, seed)
@@ -680,7 +680,7 @@ def _evaluation_report(folder: Path, page: _Page, ev: EvalSet | None = None, pre
                           "in-sample (training measured them on the other half only: metrics.json, calibration)")
     class_names = ev.class_names if ev is not None else None
     if class_names is None and metrics.get("model") and Path(metrics["model"]).is_file():
-        from .modelfile import read_meta
+        from ..runtime.modelfile import read_meta
 
         try:
             class_names = read_meta(metrics["model"])["class_names"]
@@ -701,7 +701,7 @@ def _evaluation_report(folder: Path, page: _Page, ev: EvalSet | None = None, pre
 
 
 def _study_report(folder: Path, page: _Page) -> None:
-    """A tuning study (imgclf.tuning): trials table, search plots, best trial, test result."""
+    """A tuning study (imgclf.tuning.tuner): trials table, search plots, best trial, test result."""
     summary = _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
     page.subtitle = " · ".join(x for x in ("tuning study", f"study {summary['study']}" if summary.get("study") else "",
                                            f"sampler {summary['sampler']}" if summary.get("sampler") else "",

@@ -1,7 +1,7 @@
 """Hyperparameter search: `imgclf tune SPACE.yaml --data ...`, on Optuna.
 
 A space file declares the base config, the searched parameters, the budget, the sampler and
-the pruner (see src/imgclf/spaces/seed_cnn.yaml). The study lives in a storage: by default an
+the pruner (see src/imgclf/tuning/spaces/seed_cnn.yaml). The study lives in a storage: by default an
 SQLite file in the study directory; `--storage postgresql://...` with the same `--study NAME`
 lets workers on any number of machines join one study.
 
@@ -68,9 +68,9 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import FIELD_TYPES, check_value, load_yaml, make_config, read_config_file, read_yaml_file
-from .errors import ConfigError, ImgclfError, quote
-from .fileio import atomic_write, write_json
+from ..config import FIELD_TYPES, check_value, load_yaml, make_config, read_config_file, read_yaml_file
+from ..errors import ConfigError, ImgclfError, quote
+from ..fileio import atomic_write, write_json
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -89,8 +89,8 @@ NOT_SEARCHABLE = {
     "model_options": "is a mapping: search its keys as model_options.KEY",
 }
 DEFAULT_STUDY_ROOT = Path("studies")
-TOY_OBJECTIVE = "imgclf.tuning:toy_objective"
-TRAIN_OBJECTIVE = "imgclf.tuning:train_objective"
+TOY_OBJECTIVE = "imgclf.tuning.tuner:toy_objective"
+TRAIN_OBJECTIVE = "imgclf.tuning.tuner:train_objective"
 
 
 class StorageError(ImgclfError):
@@ -430,7 +430,7 @@ def read_space(path: str | Path, **overrides) -> Space:
 
 
 def example_space(name: str = "seed_cnn") -> Path:
-    """Path of a space file shipped with the package (imgclf/spaces/<name>.yaml)."""
+    """Path of a space file shipped with the package (imgclf/tuning/spaces/<name>.yaml)."""
     path = Path(__file__).parent / "spaces" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"space {quote(name)}: no such example space (have: "
@@ -853,7 +853,7 @@ def train_objective(ctx: TrialContext) -> dict:
     import keras
     import optuna
 
-    from .training import train
+    from ..training.trainer import train
 
     class Report(keras.callbacks.Callback):
         pruned_at = None
@@ -1102,7 +1102,7 @@ def _objective_in_child(ctx: TrialContext, spec: dict, trial_id: int, log) -> di
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "imgclf.tuning", "--trial"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "imgclf.tuning.tuner", "--trial"], stdin=subprocess.PIPE,
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             proc.communicate(json.dumps(payload).encode())
@@ -1128,7 +1128,7 @@ def _objective_in_child(ctx: TrialContext, spec: dict, trial_id: int, log) -> di
 
 
 def _trial_main() -> int:
-    """Child process of one trial: python -m imgclf.tuning --trial (payload on stdin)."""
+    """Child process of one trial: python -m imgclf.tuning.tuner --trial (payload on stdin)."""
     import optuna
 
     payload = json.loads(sys.stdin.read())
@@ -1246,7 +1246,7 @@ def run_worker(spec: dict, objective: Callable | None = None, log=None, on_chang
 
 
 def _worker_main(argv=None) -> int:
-    """Entry point of a local worker process: python -m imgclf.tuning --worker I (spec in env)."""
+    """Entry point of a local worker process: python -m imgclf.tuning.tuner --worker I (spec in env)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     spec = json.loads(os.environ["IMGCLF_TUNE_SPEC"])
     spec["worker_id"] = (argv or sys.argv[1:])[-1]
@@ -1382,7 +1382,7 @@ def write_plots(study, plot_dir: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    from .plots import save_figure
+    from ..figures import save_figure
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -1450,7 +1450,7 @@ def has_test_set(data: str | None, test_data: str | None) -> bool:
         return True
     if not data:
         return False
-    from .data import is_cifar_source
+    from ..data.dataset import is_cifar_source
 
     root = Path(data)
     return is_cifar_source(data) or ((root / "train").is_dir() and (root / "test").is_dir())
@@ -1471,7 +1471,7 @@ def evaluate_best_on_test(summary: dict, study_dir: Path, data: str | None, test
     model = best.get("model")
     if not model or not Path(model).is_file():
         return {"note": f"best model not on this machine ({model}); evaluate it where it was trained"}
-    from .evaluation import evaluate
+    from ..evaluation.evaluator import evaluate
 
     results = evaluate(model, data, test_data, out_dir=out, verbose=False)
     test = results.get("test")
@@ -1508,7 +1508,7 @@ def _spawn_workers(n: int, spec: dict, study_dir: Path, threads: int | None) -> 
     procs = []
     for i in range(n):
         log = open(logs / f"worker-{i}.log", "a")
-        procs.append(subprocess.Popen([sys.executable, "-m", "imgclf.tuning", "--worker", str(i)], env=env,
+        procs.append(subprocess.Popen([sys.executable, "-m", "imgclf.tuning.tuner", "--worker", str(i)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT))
         log.close()
     return procs
@@ -1559,7 +1559,7 @@ def tune(space_file: str | Path | None = None, *, data: str | None = None, test_
     if fn is train_objective:
         if not data:
             raise ConfigError("--data: no dataset given (expected an image folder, a CIFAR-10 archive or 'cifar10')")
-        from .data import is_cifar_source
+        from ..data.dataset import is_cifar_source
 
         if data != "cifar10" and not is_cifar_source(data) and not Path(data).is_dir():
             raise ConfigError(f"--data {data}: folder not found")
@@ -1647,7 +1647,7 @@ def tune(space_file: str | Path | None = None, *, data: str | None = None, test_
         summary["test"] = evaluate_best_on_test(summary, study_dir, data, test_data)
     write_json(study_dir / "summary.json", summary)
     if report and counts["done"]:
-        from .report import make_report
+        from ..report.build import make_report
 
         make_report(study_dir)  # study_dir/report.html: trials table, search plots, best trial
     if counts["done"] == 0 and counts["failed"]:
@@ -1761,6 +1761,6 @@ if __name__ == "__main__":
         sys.exit(_worker_main())
     if "--trial" in sys.argv:
         sys.exit(_trial_main())
-    from .cli import main
+    from ..cli import main
 
     sys.exit(main(["tune", *sys.argv[1:]]))

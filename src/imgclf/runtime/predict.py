@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import DataError
-from .images import IMAGE_EXTENSIONS, check_regular_file, is_image_file
-from .inference import expand_paths, load_classifier, top_k
+from ..errors import DataError
+from ..data.images import IMAGE_EXTENSIONS, check_regular_file, is_image_file
+from .classifier import expand_paths, load_classifier, top_k
 
 
 def check_inputs(paths) -> None:
@@ -72,7 +72,7 @@ def to_json(rows: list[dict]) -> str:
 
 def print_predictions(rows, as_json=False, csv_path=None) -> None:
     if csv_path:
-        from .fileio import atomic_write
+        from ..fileio import atomic_write
 
         atomic_write(Path(csv_path), lambda f: f.write(to_csv(rows).encode()))
         print(f"wrote {len(rows)} predictions to {csv_path}", file=sys.stderr)

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .errors import ImgclfError
+from ..errors import ImgclfError
 
 PARAMS: dict[str, tuple[float, ...]] = {
     "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),

@@ -1,4 +1,4 @@
-"""Pretrained models shipped inside the package (src/imgclf/pretrained/<name>.keras / .onnx).
+"""Pretrained models shipped inside the package (src/imgclf/runtime/pretrained/<name>.keras / .onnx).
 
 `imgclf predict --pretrained cifar10 img.jpg` and `imgclf serve --pretrained cifar10` use them
 with no training and no network. They are written by `bench/pretrained.py` (see README for the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .errors import ImgclfError
+from ..errors import ImgclfError
 
 PRETRAINED_DIR = Path(__file__).with_name("pretrained")
 

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from fastapi import Query, Request  # at module level: the endpoint annotations are resolved here
 
-from . import __version__
-from .errors import DataError
-from .images import MAX_PIXELS, to_rgb
-from .inference import Classifier, load_classifier, top_k
+from .. import __version__
+from ..errors import DataError
+from ..data.images import MAX_PIXELS, to_rgb
+from ..runtime.classifier import Classifier, load_classifier, top_k
 
 STATIC = Path(__file__).with_name("static")
 FILE_FIELDS = ("files", "file")

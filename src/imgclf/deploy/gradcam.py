@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .images import BACKGROUND
+from ..data.images import BACKGROUND
 
 
 def _rank4_layers(model):

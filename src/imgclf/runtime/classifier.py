@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImgclfError
-from .images import check_regular_file, is_image_file, to_rgb
+from ..errors import ImgclfError
+from ..data.images import check_regular_file, is_image_file, to_rgb
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

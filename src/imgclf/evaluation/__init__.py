@@ -1,0 +1,1 @@
+"""Evaluation: metrics, calibration and robustness to corruptions."""

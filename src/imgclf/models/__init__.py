@@ -1,0 +1,1 @@
+"""Models: the registry (create_model, list_models) and the network families."""

@@ -1,0 +1,1 @@
+"""Training: the loop, batches, schedules, callbacks and repeated runs."""

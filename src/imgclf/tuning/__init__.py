@@ -1,0 +1,1 @@
+"""Hyperparameter search on Optuna: spaces, storage, trial queue, workers and results."""
