@@ -1,8 +1,10 @@
-"""The CLI over the API: predict on files and folders, evaluate, one-line errors, other backends."""
+"""The CLI over the API: predict on files and folders, evaluate, one-line errors, other backends,
+and a CLI that answers without TensorFlow: help and `imgclf models` load neither it nor Keras."""
 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,8 +12,91 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_folder
+from conftest import HANG, make_folder
 from imgclf.cli import main
+from imgclf.config import FIELDS
+
+SUBCOMMANDS = ["train", "evaluate", "report", "compare", "predict", "models", "export", "serve", "tune"]
+
+# Runs `python -m imgclf.cli ARGS` for each ARGS given as JSON, in this one interpreter, then says
+# which heavy modules got imported.
+NO_HEAVY_IMPORTS = """
+import json, runpy, sys
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["imgclf", *argv]
+    try:
+        runpy.run_module("imgclf.cli", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        assert e.code in (0, None), (argv, e.code)
+    sys.modules.pop("imgclf.cli", None)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print("HEAVY", json.dumps(heavy[:5]))
+"""
+
+
+def run_without_heavy_imports(*argvs):
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, json.dumps(argvs)], capture_output=True,
+                          text=True, timeout=HANG, env={**os.environ, "COLUMNS": "2000"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    heavy = json.loads(proc.stdout.rsplit("HEAVY ", 1)[1])
+    return proc.stdout.rsplit("HEAVY ", 1)[0], heavy
+
+
+def test_help_and_models_import_no_tensorflow_or_keras():
+    out, heavy = run_without_heavy_imports(["--help"], ["models"], *[[name, "--help"] for name in SUBCOMMANDS])
+    assert heavy == [], heavy
+    assert "usage: imgclf train" in out and "usage: imgclf tune" in out
+    assert re.search(r"^fastnet +\S.*\n^seed_cnn +\S", out, re.M), out  # imgclf models: name, description
+    assert "recipes: seed, budget, fast80, fast94" in out
+
+
+def test_the_check_sees_a_heavy_import():
+    """The counterpart: the same harness reports Keras once a command loads it."""
+    code = NO_HEAVY_IMPORTS.replace('heavy = sorted', 'import keras\nheavy = sorted')
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps([["--version"]])], capture_output=True,
+                          text=True, timeout=HANG)
+    assert '"keras' in proc.stdout.rsplit("HEAVY ", 1)[1], proc.stdout[-500:]
+
+
+def train_help_entries() -> dict[str, str]:
+    """{first flag: its help text} from `imgclf train --help`, printed 2000 columns wide."""
+    out, _ = run_without_heavy_imports(["train", "--help"])
+    options = out.split("\noptions:\n", 1)[1]
+    entries, flag = {}, None
+    for line in options.splitlines():
+        if re.match(r"^  -", line):  # "  --epochs INT, -e INT   passes over ..."
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line.strip().split("  ", 1)[1].strip() if "  " in line.strip() else ""
+        elif line.startswith("    ") and flag:  # help that starts on the next line (a long flag)
+            assert entries[flag] == "", f"{flag}: help on more than one line"
+            entries[flag] = line.strip()
+        elif line.strip() and not line.startswith(" "):
+            flag = None  # a group title
+    return entries
+
+
+def test_every_train_flag_has_one_line_of_help_with_its_default():
+    entries = train_help_entries()
+    entries.pop("-h")
+    config_flags = {"--" + name.replace("_", "-") for name in FIELDS if name not in ("model_options", "recipe")}
+    assert config_flags <= set(entries) and len(entries) == len(config_flags) + 7, sorted(entries)
+    for flag, text in entries.items():
+        assert re.search(r"\S.*\(default: [^)]+\)$", text), (flag, text)
+    assert entries["--epochs"].endswith("(default: 30)") and entries["--augment-flip"].endswith("(default: no)")
+    assert entries["--learning-rate"] == FIELDS["learning_rate"].description + " (default: 0.01)"
+
+
+def test_time_budget_flag_takes_a_duration(capsys):
+    from imgclf.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--time-budget", "1.5h"])
+    assert args.time_budget == 5400.0
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "--time-budget", "soon"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: imgclf train: argument --time-budget: expected a duration like 90, 90s, 30m "
+                          "or 1.5h, got 'soon'") and "\n" not in err, err
 
 
 def test_predict_files_and_folders(trained_colour_model, tmp_path, capsys):
@@ -77,10 +162,14 @@ def test_bad_input_is_one_line_and_exit_2(trained_colour_model, tmp_path, capsys
 @pytest.mark.slow
 def test_command_line_entry_point(trained_colour_model):
     run, data = trained_colour_model
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, "-m", "imgclf.cli", "predict", str(run.model_path),
-                           str(data / "green" / "001.png"), "-k", "1"], capture_output=True, text=True, timeout=120)
+                           str(data / "green" / "001.png"), "-k", "1"], capture_output=True, text=True, timeout=HANG,
+                          env=env)
     assert proc.returncode == 0, proc.stderr
     assert "green" in proc.stdout
+    # TensorFlow's start-up info lines (I0000 ... cpu_feature_guard ...) stay quiet; its errors would not
+    assert not re.search(r"^[IW]\d{4} |cpu_feature_guard|absl::InitializeLog", proc.stderr, re.M), proc.stderr[-2000:]
 
 
 JAX_SMOKE = """
@@ -100,6 +189,6 @@ def test_jax_backend_smoke(tmp_path):
     data = make_folder(tmp_path / "d", per_class=8)
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     proc = subprocess.run([sys.executable, "-c", JAX_SMOKE, str(data), str(tmp_path / "run")], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OK" in proc.stdout and "(1, 3)" in proc.stdout

@@ -10,24 +10,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import RECIPES, TrainConfig, load_yaml
-from .errors import ImgclfError, quote, shorten
+from .config import FIELDS, RECIPES, load_yaml, parse_duration
+from .errors import ConfigError, ImgclfError, quote, shorten
 
 ALIASES = {"learning_rate": ["--lr"], "data": ["-d"], "epochs": ["-e"]}
+NOT_FLAGS = ("model_options", "recipe")  # set with --model-option KEY=VALUE and --recipe NAME
 
 
-def parse_duration(text: str) -> float:
-    """'90', '90s', '30m', '1.5h' -> seconds."""
-    text = str(text).strip().lower()
-    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+def duration(text: str) -> float:
+    """argparse type of --time-budget: config.parse_duration, its message without the flag's name."""
     try:
-        return float(text[:-1]) * scale if scale else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m or 1.5h, got {text!r}") from None
+        return parse_duration(text, "--time-budget")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--time-budget: ")) from None
 
 
 TTA_HELP = ("test-time augmentation: the mean over each image and its mirror, and over shifted copies too "
@@ -41,20 +39,36 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {shorten(message, 200)} (see {self.prog} --help)\n")
 
 
+def default_text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def field_help(name: str) -> str:
+    """A config field's one-line help: its schema description and its default (argparse-escaped)."""
+    spec = FIELDS[name]
+    return f"{spec.description} (default: {default_text(spec.default)})".replace("%", "%%")
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("training config (defaults: the seed recipe)")
-    for f in fields(TrainConfig):
-        if f.name in ("model_options", "recipe"):
+    for name, spec in FIELDS.items():
+        if name in NOT_FLAGS:
             continue
-        flags = ["--" + f.name.replace("_", "-")] + ALIASES.get(f.name, [])
-        kind = str(f.type).split("|")[0].strip()
-        if f.name == "time_budget":
-            group.add_argument(*flags, dest=f.name, type=parse_duration, default=None, help="e.g. 30m")
-        elif kind == "bool":
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            typ = {"int": int, "float": float}.get(kind, str)
-            group.add_argument(*flags, dest=f.name, type=typ, default=None, metavar=kind.upper())
+        flags = ["--" + name.replace("_", "-")] + ALIASES.get(name, [])
+        if name == "time_budget":
+            group.add_argument(*flags, dest=name, type=duration, default=None, metavar="DURATION",
+                               help=field_help(name))
+        elif spec.kind == "bool":
+            group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=field_help(name))
+        else:  # the value is checked by the schema (make_config): bad input is one error line
+            metavar = "|".join(spec.choices) if spec.choices else spec.kind.upper()
+            typ = {"int": int, "float": float}.get(spec.kind, str)
+            group.add_argument(*flags, dest=name, type=typ, default=None, metavar=metavar, help=field_help(name))
 
 
 def _model_options(pairs) -> dict:
@@ -70,8 +84,7 @@ def _model_options(pairs) -> dict:
 def cmd_train(args) -> int:
     from .training.trainer import train
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    overrides.pop("model_options", None)
+    overrides = {name: getattr(args, name) for name in FIELDS if name != "model_options" and hasattr(args, name)}
     if args.model_option:
         overrides["model_options"] = _model_options(args.model_option)
     if getattr(args, "repeats", 1) < 1:
@@ -159,9 +172,11 @@ def cmd_serve(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models.registry import list_models
+    from .models.registry import describe_models  # names and descriptions only: no Keras
 
-    print("\n".join(list_models()))
+    described = describe_models()
+    width = max(map(len, described), default=0)
+    print("\n".join(f"{name:<{width}}  {text}" for name, text in described.items()))
     print("recipes: " + ", ".join(RECIPES))
     return 0
 
@@ -172,14 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model and write a run directory")
-    p.add_argument("--config", "-c", type=Path, help="YAML or TOML file of config fields")
-    p.add_argument("--recipe", choices=sorted(RECIPES), help="named recipe (overrides defaults)")
-    p.add_argument("--out", "-o", type=Path, help="run directory (default runs/<recipe>-<time>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="option for the model factory")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--config", "-c", type=Path, metavar="FILE",
+                   help="YAML or TOML file of config fields, e.g. a copy of a recipe file (default: none)")
+    p.add_argument("--recipe", choices=list(RECIPES), metavar="|".join(RECIPES),
+                   help="a shipped recipe (imgclf/recipes/NAME.yaml) whose values override the defaults "
+                        "(default: seed, the defaults themselves)")
+    p.add_argument("--out", "-o", type=Path, metavar="RUN_DIR", help="run directory (default: runs/<recipe>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last completed epoch (default: none)")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the model's builder, its value in YAML; repeatable (default: none)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (default: no)")
     p.add_argument("--repeats", type=int, default=1, metavar="N",
-                   help="train N times (seeds seed..seed+N-1) and report mean ± std")
+                   help="train N times (seeds seed..seed+N-1) and report mean ± std (default: 1)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -240,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap", choices=["auto", "grad-cam", "occlusion", "none"], default="auto")
     p.set_defaults(func=cmd_serve)
 
-    from .tuning.tuner import add_parser as add_tune_parser  # imgclf tune: hyperparameter search
+    from .tuning.cli import add_parser as add_tune_parser  # imgclf tune: hyperparameter search
 
     add_tune_parser(sub)
     return parser

@@ -1,1 +1,1 @@
-"""Models: the registry (create_model, list_models) and the network families."""
+"""Models: the registry (create_model, list_models; no Keras at import) and one module per family."""
