@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from imgclf.tuning.tuner import markdown_table, tune
+from imgclf.tuning import markdown_table, tune
 
 DEFAULT_DATA = (Path(os.environ.get("IMGCLF_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
                 / "datasets" / "cifar10-jpeg")

@@ -1,7 +1,7 @@
 """imgclf tune: space checking, exactly-once grids under concurrency, kill + resume, pruning,
 results files, and a real (tiny) training study whose best config reproduces.
 
-The worker/storage tests use the built-in toy objective (no training). PostgreSQL tests need a
+The worker/storage tests use the toy objective in tests/tune_toy.py (no training). PostgreSQL tests need a
 server: IMGCLF_TEST_POSTGRES_URL=postgresql://USER:PASSWORD@127.0.0.1:5432/DB (they fail when
 CI=true and it is unset, and skip otherwise). USER needs CREATEDB: the first-use test creates, and
 drops, a brand-new database of its own on that server.
@@ -27,9 +27,12 @@ import yaml
 from PIL import Image
 
 from imgclf.cli import main
-from imgclf.tuning.tuner import read_space, tune
+from imgclf.tuning import read_space, tune
+from tune_toy import TOY
+from conftest import HANG
 
 PG_URL = os.environ.get("IMGCLF_TEST_POSTGRES_URL")
+TESTS = Path(__file__).resolve().parent  # tune_toy.py: processes import it from here
 
 
 def need_postgres():
@@ -49,10 +52,15 @@ GRID = {"learning_rate": [0.001, 0.003, 0.01, 0.03, 0.1], "momentum": [0.0, 0.9]
 
 
 def toy_env(tmp_path: Path, seconds: float, machine: str | None = None) -> dict:
-    env = dict(os.environ, IMGCLF_TOY_LOG=str(tmp_path / "toy.log"), IMGCLF_TOY_SECONDS=str(seconds))
+    env = dict(os.environ, IMGCLF_TOY_LOG=str(tmp_path / "toy.log"), IMGCLF_TOY_SECONDS=str(seconds),
+               PYTHONPATH=python_path(TESTS))
     if machine:
         env["IMGCLF_TUNE_MACHINE"] = machine
     return env
+
+
+def python_path(*folders: Path) -> str:
+    return os.pathsep.join(filter(None, [*map(str, folders), os.environ.get("PYTHONPATH")]))
 
 
 def started(tmp_path: Path) -> list[dict]:
@@ -78,7 +86,7 @@ def assert_grid_done_once(trials, grid_size: int):
 
 
 def tune_cmd(space: Path, *args) -> list[str]:
-    return [sys.executable, "-m", "imgclf.tuning.tuner", str(space), "--objective", "toy", "--quiet", "--no-plots", *args]
+    return [sys.executable, "-m", "imgclf.tuning", str(space), "--objective", TOY, "--quiet", "--no-plots", *args]
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -105,14 +113,14 @@ TWO_WORKERS_OBJECTIVE = textwrap.dedent("""
     import time
     from pathlib import Path
 
-    from imgclf.tuning.tuner import toy_objective
+    from tune_toy import toy_objective
 
 
     def objective(ctx):
         pids = Path(os.environ["IMGCLF_TEST_PIDS"])
         with open(pids, "a") as f:
             f.write(f"{os.getpid()}\\n")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG
         while len(set(pids.read_text().split())) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         return toy_objective(ctx)
@@ -126,7 +134,8 @@ def two_workers_objective(tmp_path: Path) -> str:
 
 
 class FakeClock:
-    """Stands in for the `time` module in imgclf.tuning.tuner: time() only moves when the code sleeps,
+    """Stands in for the `time` module in tune() and the worker loop (imgclf.tuning.tuner and
+    .worker) and in tune_toy: time() only moves when the code sleeps,
     so a time budget is used up by the toy objective's sleeps, not by how fast the machine is."""
 
     def __init__(self):
@@ -151,7 +160,7 @@ START_TOGETHER = textwrap.dedent("""
     with contextlib.suppress(ImportError):
         import psycopg
     from imgclf.cli import main
-    from imgclf.tuning.tuner import read_space
+    from imgclf.tuning import read_space
 
     read_space(sys.argv[3])
     optuna.storages.RDBStorage("sqlite:///:memory:")
@@ -168,7 +177,7 @@ def start_together(tmp_path: Path, n: int, space: Path, storage: str, name: str)
     start = tmp_path / "start"
     procs = []
     for i in range(n):
-        args = [str(space), "--objective", "toy", "--quiet", "--no-plots", "--no-report", "--storage", storage,
+        args = [str(space), "--objective", TOY, "--quiet", "--no-plots", "--no-report", "--storage", storage,
                 "--study", name, "--out", str(tmp_path / f"worker-{i}")]
         procs.append(subprocess.Popen([sys.executable, "-c", START_TOGETHER, str(tmp_path / f"ready-{i}"), str(start),
                                        *args], env=toy_env(tmp_path, 0.05), stdout=subprocess.PIPE,
@@ -182,7 +191,7 @@ def start_together(tmp_path: Path, n: int, space: Path, storage: str, name: str)
 
 
 def assert_all_joined_and_each_point_once(tmp_path: Path, procs, storage: str, name: str):
-    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    outputs = [p.communicate(timeout=HANG)[0].decode() for p in procs]
     last_lines = [(out.strip().splitlines() or [""])[-1] for out in outputs]
     assert [p.returncode for p in procs] == [0] * len(procs), last_lines
     runs = started(tmp_path)
@@ -222,7 +231,7 @@ def fresh_postgres():
 # ---------------------------------------------------------------------------------------
 
 def test_example_space_is_a_valid_grid():
-    from imgclf.tuning.tuner import example_space
+    from imgclf.tuning import example_space
 
     space = read_space(example_space("seed_cnn"))
     assert space.sampler == "grid" and space.pruner == "none"
@@ -260,7 +269,7 @@ def test_space_values_are_typed_and_ranges_parsed(tmp_path):
 ])
 def test_bad_space_is_one_error_line_before_any_work(tmp_path, capsys, params, extra, message):
     space = write_space(tmp_path / "bad.yaml", params, **extra)
-    rc = main(["tune", str(space), "--objective", "toy", "--out", str(tmp_path / "study")])
+    rc = main(["tune", str(space), "--objective", TOY, "--out", str(tmp_path / "study")])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
@@ -269,13 +278,13 @@ def test_bad_space_is_one_error_line_before_any_work(tmp_path, capsys, params, e
 
 def test_unreachable_storage_is_one_error_line(tmp_path, capsys):
     space = write_space(tmp_path / "s.yaml", {"learning_rate": [0.1]})
-    rc = main(["tune", str(space), "--objective", "toy", "--out", str(tmp_path / "study"),
+    rc = main(["tune", str(space), "--objective", TOY, "--out", str(tmp_path / "study"),
                "--storage", "postgresql://imgclf:secret@127.0.0.1:9/nowhere"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: --storage postgresql://imgclf:***@127.0.0.1:9/nowhere: cannot connect"), err
     assert "secret" not in err
-    assert main(["tune", str(space), "--objective", "toy", "--storage", "nonsense"]) == 2
+    assert main(["tune", str(space), "--objective", TOY, "--storage", "nonsense"]) == 2
     assert "not a database URL" in capsys.readouterr().err
 
 
@@ -290,19 +299,19 @@ def test_study_with_a_different_space_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0")
     out = tmp_path / "study"
     first = write_space(tmp_path / "a.yaml", {"learning_rate": [0.1, 0.01]})
-    result = tune(first, out_dir=out, study="s", objective="toy", progress=False, plots=False)
+    result = tune(first, out_dir=out, study="s", objective=TOY, progress=False, plots=False)
     assert result.counts["complete"] == 2
     other = write_space(tmp_path / "b.yaml", {"learning_rate": [0.1, 0.01], "momentum": [0.0, 0.5]})
-    rc = main(["tune", str(other), "--objective", "toy", "--out", str(out), "--study", "s"])
+    rc = main(["tune", str(other), "--objective", TOY, "--out", str(out), "--study", "s"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "exists with a different search space (differs in: params)" in err, err
     assert len(study_trials(f"sqlite:///{out / 'study.db'}", "s")) == 2  # nothing added
     # the same space again: a continuation, nothing rerun
-    again = tune(first, out_dir=out, study="s", objective="toy", progress=False, plots=False)
+    again = tune(first, out_dir=out, study="s", objective=TOY, progress=False, plots=False)
     assert again.counts["complete"] == 2 and len(study_trials(f"sqlite:///{out / 'study.db'}", "s")) == 2
     # --resume of a study that does not exist
-    rc = main(["tune", str(first), "--objective", "toy", "--out", str(tmp_path / "x"), "--resume"])
+    rc = main(["tune", str(first), "--objective", TOY, "--out", str(tmp_path / "x"), "--resume"])
     assert rc == 2 and "no such study" in capsys.readouterr().err
 
 
@@ -375,12 +384,38 @@ def test_killed_workers_then_resume_completes_without_repeats(tmp_path, monkeypa
     assert {key(t.params) for t in failed} <= set(rerun)  # killed points were re-queued and run
 
 
+def test_a_claim_whose_worker_stopped_before_the_trial_started_is_failed_and_rerun(tmp_path, monkeypatch):
+    import warnings
+
+    from imgclf.tuning.queue import enqueue_grid, open_study
+    from imgclf.tuning.storage import open_storage
+
+    monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0")
+    space_file = write_space(tmp_path / "s.yaml", {"learning_rate": [0.1, 0.01]})
+    out = tmp_path / "study"
+    out.mkdir()
+    url = f"sqlite:///{(out / 'study.db').resolve()}"
+    space = read_space(space_file)
+    study = open_study(open_storage(url, space), "s", space)
+    enqueue_grid(study, space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        orphan = study.ask()  # popped (RUNNING), but its claimer stops before recording itself
+    # the time budget only guards against waiting forever for the orphan
+    result = tune(space_file, out_dir=out, study="s", objective=TOY, progress=False, plots=False, time_budget="2m")
+    assert result.summary["finished"] and result.counts["complete"] == 2
+    trials = study_trials(url, "s")
+    assert trials[orphan.number].state.name == "FAIL"
+    assert "never started" in trials[orphan.number].user_attrs["failed_reason"]
+    assert_grid_done_once(trials, 2)
+
+
 def test_pruning_with_random_sampler_reports_savings(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0.01")
     space = write_space(tmp_path / "s.yaml", {"learning_rate": {"low": 1e-5, "high": 10.0, "log": True}},
                         sampler="random", pruner="median", budget={"trials": 12, "epochs": 6}, seed=1)
     out = tmp_path / "study"
-    result = tune(space, out_dir=out, objective="toy", progress=False, plots=False)
+    result = tune(space, out_dir=out, objective=TOY, progress=False, plots=False)
     c = result.counts
     assert c["complete"] + c["pruned"] == 12 and c["failed"] == 0
     assert c["pruned"] >= 1
@@ -402,14 +437,13 @@ def test_postgres_two_workers_each_grid_point_once(tmp_path):
     name = f"t-{uuid.uuid4().hex[:10]}"
     space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 2})
     objective = two_workers_objective(tmp_path)
-    env = {"IMGCLF_TEST_PIDS": str(tmp_path / "pids"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    env = {"IMGCLF_TEST_PIDS": str(tmp_path / "pids"), "PYTHONPATH": python_path(tmp_path, TESTS)}
     procs = [subprocess.Popen(tune_cmd(space, "--storage", url, "--study", name, "--out", str(tmp_path / m),
                                        "--objective", objective),
                               env={**toy_env(tmp_path, 0.1, machine=m), **env}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
              for m in ("machine-a", "machine-b")]
-    outputs = [p.communicate(timeout=150)[0].decode() for p in procs]
+    outputs = [p.communicate(timeout=HANG)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     runs = started(tmp_path)
     assert len(runs) == 10 and len({key(r["params"]) for r in runs}) == 10, runs
@@ -461,7 +495,7 @@ def test_postgres_killed_worker_trial_fails_by_heartbeat_and_resume_completes(tm
     monkeypatch.setenv("IMGCLF_TOY_LOG", str(tmp_path / "toy.log"))
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0.05")
     result = tune(space, storage=url, study=name, resume=True, out_dir=tmp_path / "machine-c",
-                  objective="toy", progress=False, plots=False)
+                  objective=TOY, progress=False, plots=False)
     trials = study_trials(url, name)
     assert_grid_done_once(trials, 10)
     assert result.summary["finished"]
@@ -534,17 +568,22 @@ def test_trials_in_child_processes_survive_a_crashing_trial(tmp_path, monkeypatc
 
 
 def test_time_budget_stops_new_trials_and_resume_finishes(tmp_path, monkeypatch):
-    import imgclf.tuning.tuner
+    import tune_toy
 
-    monkeypatch.setattr(imgclf.tuning.tuner, "time", FakeClock())  # the budget is spent by the trials only
+    import imgclf.tuning.tuner
+    import imgclf.tuning.worker
+
+    clock = FakeClock()  # the budget is spent by the trials only
+    for module in (imgclf.tuning.tuner, imgclf.tuning.worker, tune_toy):
+        monkeypatch.setattr(module, "time", clock)
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0.4")
     space = write_space(tmp_path / "s.yaml", GRID, budget={"epochs": 1, "time": "1s"})
     out = tmp_path / "study"
-    first = tune(space, out_dir=out, objective="toy", progress=False, plots=False)
+    first = tune(space, out_dir=out, objective=TOY, progress=False, plots=False)
     # trials start at 0, 0.4 and 0.8 s; at 1.2 s the budget is used up and no new trial starts
     assert first.counts["complete"] == 3 and not first.summary["finished"]
     assert first.counts["waiting"] == 7
     monkeypatch.setenv("IMGCLF_TOY_SECONDS", "0")
-    rest = tune(space, out_dir=out, objective="toy", progress=False, plots=False, time_budget="1h", resume=True)
+    rest = tune(space, out_dir=out, objective=TOY, progress=False, plots=False, time_budget="1h", resume=True)
     assert rest.summary["finished"]
     assert_grid_done_once(study_trials(f"sqlite:///{out / 'study.db'}", "s"), 10)
