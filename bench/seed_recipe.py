@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import imgclf
-from imgclf.evaluation.evaluator import results_table
+from imgclf.evaluation.metrics import results_table
 
 DEFAULT_DATA = Path(os.environ.get("IMGCLF_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")) / "datasets" / "cifar10-jpeg"
 

@@ -248,6 +248,36 @@ def test_study_folder_report(tmp_path):
     assert "learning_rate" in page.cells and "pruned" in page.cells and "61.00%" in " ".join(page.text)
 
 
+def test_data_is_escaped_in_the_page(tmp_path):
+    """Class names, file names and model paths are data: the page shows them as text, never as markup."""
+    from imgclf.evaluation.metrics import evaluate_arrays, write_evaluation
+    from imgclf.report.build import make_report
+    from imgclf.report.sources import EvalSet
+
+    evil = "<script>alert(1)</script>"
+    names = ["cat", evil, 'dog "&" co']
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 30)
+    probs = rng.dirichlet(np.ones(3), 30)
+    x = rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8)
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    result = evaluate_arrays(probs, y)
+    write_evaluation(folder, result, names, "data")
+    (folder / "metrics.json").write_text(json.dumps({
+        "data": {k: result[k] for k in ("loss", "accuracy", "n", "confusion_matrix", "per_class")},
+        "model": evil, "dataset": "d", "own_training_images": False, "tta": False}))
+    ev = EvalSet("data", x, y, probs, [f"{evil}{i}.png" for i in range(30)], names)
+    path = make_report(folder, eval_set=ev, temperature=1.5, robustness_n=0)
+    text = path.read_text(encoding="utf-8")
+    page = parse(path)  # no script elements, every image embedded
+    assert "<script" not in text.lower() and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert evil in page.cells and 'dog "&" co' in page.cells  # the per-class table shows the names as text
+    assert f"true: {evil}" in page.text  # gallery captions
+    assert any(t.endswith(f"model {evil} · data d · " + str(folder)) for t in page.text)  # subtitle
+    assert {"errors", "calibration", "per-class"} <= page.ids
+
+
 def test_tensorboard_event_files(tmp_path):
     data = colour_folder(tmp_path / "data", per_class=6)
     run = imgclf.train(data=str(data), epochs=1, batch_size=8, val_fraction=0.5, run_dir=tmp_path / "run",

@@ -1,4 +1,5 @@
-"""Evaluation: the seed's results table, per-class precision/recall/F1 and a confusion matrix.
+"""Evaluation of a model file: the seed's results table, per-class precision/recall/F1, a
+confusion matrix and (unless report=False) the evaluation's HTML report.
 
 `evaluate(model, data)` needs only the model file: its metadata gives the class names, input
 size, resize rule and validation split. Shown the model's own training folder (recognised by
@@ -8,7 +9,6 @@ validation rows, as the seed did; any other folder is reported as held-out data.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -18,58 +18,9 @@ import numpy as np
 
 from ..data.dataset import Dataset, ImageSet, files_hash, load_dataset
 from ..errors import ImgclfError
-from ..fileio import atomic_write, write_json
-from ..runtime.classifier import load_classifier
-
-
-def evaluate_arrays(probs: np.ndarray, y: np.ndarray) -> dict:
-    """Loss, accuracy, per-class report and confusion matrix for predicted probabilities."""
-    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
-
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = list(range(probs.shape[1]))
-    pred = probs.argmax(axis=1)
-    clipped = np.clip(probs, 1e-7, 1.0)  # as Keras does; renormalised so sklearn sees probabilities
-    return {
-        "loss": float(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)),
-        "accuracy": float(accuracy_score(y, pred)),
-        "n": int(len(y)),
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
-        "per_class": classification_report(y, pred, labels=labels, output_dict=True, zero_division=0),
-        "pred": pred, "probs": probs, "y": np.asarray(y),
-    }
-
-
-def results_table(metrics: dict) -> str:
-    """The seed README's results table, for whichever sets are present."""
-    names = {"train": "Training Set", "val": "Validation Set", "data": "Data", "test": "Test Set"}
-    present = [k for k in names if k in metrics]
-    lines = ["| Metric   | " + " | ".join(names[k] for k in present) + " |",
-             "|----------|" + "|".join("-" * (len(names[k]) + 2) for k in present) + "|",
-             "| Loss     | " + " | ".join(f"{metrics[k]['loss']:.4f}".ljust(len(names[k])) for k in present) + " |",
-             "| Accuracy | " + " | ".join(f"{100 * metrics[k]['accuracy']:.2f}%".ljust(len(names[k]))
-                                          for k in present) + " |"]
-    return "\n".join(lines)
-
-
-def per_class_table(result: dict, class_names: list[str]) -> str:
-    rep = result["per_class"]
-    lines = [f"{'class':<14} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
-    for i, name in enumerate(class_names):
-        r = rep[str(i)]
-        lines.append(f"{name:<14} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1-score']:>7.3f} {int(r['support']):>8}")
-    return "\n".join(lines)
-
-
-def write_evaluation(out_dir: Path, result: dict, class_names: list[str], name: str) -> None:
-    """classification_report.txt and confusion_matrix.png for one set."""
-    from ..figures import plot_confusion_matrix
-
-    cm = np.asarray(result["confusion_matrix"])
-    text = per_class_table(result, class_names) + "\n\nconfusion matrix (rows: true, columns: predicted)\n" + \
-        "\n".join(" ".join(f"{v:>5d}" for v in row) for row in cm) + "\n"
-    atomic_write(out_dir / "classification_report.txt", lambda f: f.write(text.encode()))
-    plot_confusion_matrix(cm, class_names, out_dir / "confusion_matrix.png", f"confusion matrix ({name})")
+from ..fileio import write_json
+from ..runtime import load_classifier
+from .metrics import confusion_text, evaluate_arrays, per_class_table, results_table, write_evaluation
 
 
 def _same_split(meta: dict, data: Dataset) -> bool:
@@ -131,12 +82,11 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
         print(f"model: {model} ({clf.runtime})\ndata: {data}\nnote: {note}\n")
         print(results_table(summary))
         print(f"\nper-class metrics ({held_out}):\n" + per_class_table(results[held_out], clf.class_names))
-        cm = results[held_out]["confusion_matrix"]
-        print("\nconfusion matrix (rows: true, columns: predicted)\n" +
-              "\n".join(" ".join(f"{v:>5d}" for v in row) for row in cm))
+        print("\n" + confusion_text(results[held_out]["confusion_matrix"]))
         print(f"\nwritten: {out_dir}/metrics.json, confusion_matrix.png, classification_report.txt", file=sys.stderr)
     if report:  # out_dir/report.html: gallery, calibration at the stored temperature, robustness
-        from ..report.build import EvalSet, make_report
+        from ..report.build import make_report
+        from ..report.sources import EvalSet
 
         s = sets[held_out]
         make_report(out_dir, eval_set=EvalSet(held_out, _all_images(s), s.y, results[held_out]["probs"], list(s.files),

@@ -24,20 +24,21 @@ from ..fileio import atomic_write, write_json
 
 
 def _stats_markdown(stats: dict) -> str:
-    from ..report.build import _format_value
+    from ..report.formatting import format_value
 
     lines = ["| metric | mean ± std | runs |", "|---|---|---|"]
     for k, s in stats.items():
-        lines.append(f"| {k} | {_format_value(k, s['mean'])} ± {_format_value(k, s['std'])} | {s['n']} |")
+        lines.append(f"| {k} | {format_value(k, s['mean'])} ± {format_value(k, s['std'])} | {s['n']} |")
     return "\n".join(lines) + "\n"
 
 
 def summarize(run_dir: str | Path, members: list[str]) -> dict:
     """(Re)compute repeats.json, repeats.md and report.html of RUN_DIR from its member runs."""
-    from ..report.build import REPORT_NAME, _run_summary, compare, stats_over
+    from ..report.build import compare
+    from ..report.sources import REPORT_NAME, run_summary, stats_over
 
     run_dir = Path(run_dir)
-    values = [_run_summary(run_dir / m)["values"] for m in members]
+    values = [run_summary(run_dir / m)["values"] for m in members]
     stats = stats_over(values)
     info = {"runs": members, "stats": stats}
     write_json(run_dir / "repeats.json", info)
