@@ -86,7 +86,7 @@ def backend_probe(steps: int, batch_size: int, recipe: str) -> dict:
 
     from imgclf.config import make_config
     from imgclf.models.flops import count_flops
-    from imgclf.training.trainer import build_compiled_model
+    from imgclf.training import build_compiled_model
 
     cfg = make_config(recipe=recipe, batch_size=batch_size)
     model = build_compiled_model(cfg, 10)
@@ -129,7 +129,7 @@ def pipeline_check(data: str, recipe: str, steps: int) -> dict:
 
     from imgclf.config import make_config
     from imgclf.data.dataset import load_dataset
-    from imgclf.training.trainer import Batches, build_compiled_model
+    from imgclf.training import Batches, build_compiled_model
 
     cfg = make_config(recipe=recipe)
     ds = load_dataset(data)
@@ -255,12 +255,6 @@ HEADER = ("| run                      | to 80.46% | val acc | total wall | img/s
           "|--------------------------|-----------|---------|------------|---------|---------|")
 
 
-def parse_duration(text: str) -> float:
-    text = text.strip().lower()
-    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
-    return float(text[:-1]) * scale if scale else float(text)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
@@ -359,7 +353,9 @@ def main() -> int:
         for s in [int(v) for v in args.seeds.split(",")]:
             record(timed_run(f"fast80 seed {s}{label}", args.out, data=args.data, recipe="fast80", seed=s, **kw))
     if "budget" in parts:
-        budget = parse_duration(args.budget)
+        from imgclf.config import parse_duration
+
+        budget = parse_duration(args.budget, "--budget")
         kw, label = overrides(args.budget_recipe)
         record(timed_run(f"{args.budget_recipe} {args.budget}{label}", args.out, data=args.data,
                          recipe=args.budget_recipe, **{"time_budget": budget, **kw}))

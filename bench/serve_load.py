@@ -205,7 +205,7 @@ def load_level(url, port, blob, clients, total, max_seconds) -> dict:
 
 
 def offline(path: Path, images: np.ndarray, repeats: int = 3) -> float:
-    from imgclf.runtime.classifier import load_classifier
+    from imgclf.runtime import load_classifier
 
     clf = load_classifier(path)
     clf.predict_proba(images[:256])

@@ -142,7 +142,7 @@ def test_bad_input_is_one_clear_error():
 def test_stored_temperature_is_applied_by_the_classifier(tmp_path):
     import keras
 
-    from imgclf.runtime.classifier import load_classifier
+    from imgclf.runtime import load_classifier
     from imgclf.runtime.modelfile import read_meta, save_model
 
     keras.utils.set_random_seed(0)
@@ -220,7 +220,7 @@ def test_train_without_report_stores_the_temperature_fitted_on_single_pass_probs
 
     from conftest import make_folder
     from imgclf.cli import main
-    from imgclf.runtime.classifier import load_classifier
+    from imgclf.runtime import load_classifier
 
     # three close greys: after one epoch the model is unsure and T is fitted inside its bounds
     data = make_folder(tmp_path / "data", per_class=16, size=16,

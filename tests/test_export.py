@@ -15,6 +15,7 @@ import pytest
 from deploy_helpers import CIFAR_JPEG, CLASSES, make_tiny_model
 
 from imgclf.errors import ImgclfError
+from conftest import HANG
 
 
 def have(*modules):
@@ -67,7 +68,7 @@ def test_export_parity_on_real_images(fmt, keras_model, real_images, tmp_path):
 
 def test_onnx_metadata_and_classifier(keras_model, tmp_path):
     from imgclf.deploy.export import export
-    from imgclf.runtime.classifier import load_classifier
+    from imgclf.runtime import load_classifier
     from imgclf.runtime.modelfile import read_meta
 
     out = export(keras_model, "onnx", tmp_path / "m.onnx").path
@@ -106,7 +107,7 @@ def test_failed_parity_writes_nothing(keras_model, tmp_path, monkeypatch):
 def test_export_cli(keras_model, tmp_path):
     target = tmp_path / "cli.onnx"
     r = subprocess.run([sys.executable, "-m", "imgclf.cli", "export", str(keras_model), "--format", "onnx",
-                        "-o", str(target)], capture_output=True, text=True, timeout=300)
+                        "-o", str(target)], capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "top-1 agrees on 64/64" in r.stdout and target.exists()
     folder = tmp_path / "imgs"
@@ -114,7 +115,7 @@ def test_export_cli(keras_model, tmp_path):
     for f in sorted((CIFAR_JPEG / "cat").glob("*.jpg"))[:3]:
         (folder / f.name).write_bytes(f.read_bytes())
     r = subprocess.run([sys.executable, "-m", "imgclf.cli", "predict", str(target), str(folder),
-                        "--json", "-k", "1"], capture_output=True, text=True, timeout=300)
+                        "--json", "-k", "1"], capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)
     assert len(rows) == 3 and all(row["top"][0]["class"] in CLASSES for row in rows)

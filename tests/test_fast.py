@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_folder
+from conftest import HANG, make_folder
 from imgclf.config import RECIPES, make_config
 from imgclf.errors import ConfigError
 from imgclf.models.flops import count_flops
 from imgclf.models.registry import create_model, init_from_data, whitening_filters
-from imgclf.training.trainer import Batches, augment_batch, lr_at, train
+from imgclf.training import Batches, augment_batch, lr_at, train
 from imgclf.data.dataset import ImageSet
 from imgclf.runtime.classifier import Classifier, tta_views
 
@@ -201,7 +201,7 @@ def test_lookahead_pulls_weights_toward_a_slow_average_every_5_steps():
     import keras
     from types import SimpleNamespace
 
-    from imgclf.training.trainer import Lookahead
+    from imgclf.training import Lookahead
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
     kernel = model.weights[0]
@@ -318,8 +318,9 @@ def test_fast80_recipe_learns_real_images(cifar_jpeg, tmp_path):
 
 
 class FakeTime:
-    """Stands in for the `time` module inside imgclf.training.trainer: each reading advances 0.25 s, so a
-    time budget runs out after a fixed number of steps, however loaded the machine is."""
+    """Stands in for the `time` module inside imgclf.training.trainer and imgclf.training.callbacks (one
+    clock for both): each reading advances 0.25 s, so a time budget runs out after a fixed number of
+    steps, however loaded the machine is."""
 
     def __init__(self):
         self.now = 0.0
@@ -331,10 +332,12 @@ class FakeTime:
 
 @pytest.mark.slow
 def test_time_budget_spreads_the_schedule_over_wall_time(colour_folder, tmp_path, monkeypatch):
+    import imgclf.training.callbacks
     import imgclf.training.trainer
 
     clock = FakeTime()
     monkeypatch.setattr(imgclf.training.trainer, "time", clock)
+    monkeypatch.setattr(imgclf.training.callbacks, "time", clock)
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, time_budget=25,
                 batch_size=8, model_options={"widths": [8, 16, 16], "whiten_width": 6},
                 run_dir=tmp_path / "run", verbose=0, report=False)
@@ -355,8 +358,8 @@ def test_training_tta_metrics_match_the_saved_classifier(colour_folder, tmp_path
     """The recipe's TTA (mirror + 1-pixel shifts) is saved with the model: evaluating the file with
     --tta gives the validation loss that training reported."""
     from imgclf.data.dataset import load_dataset
-    from imgclf.evaluation.evaluator import evaluate_arrays
-    from imgclf.runtime.classifier import load_classifier
+    from imgclf.evaluation.metrics import evaluate_arrays
+    from imgclf.runtime import load_classifier
 
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=1, batch_size=8, tta=True,
                 tta_translate=1, learning_rate=0.01, model_options={"widths": [8, 16, 16], "whiten_width": 6},
@@ -425,8 +428,8 @@ def test_auto_precision_is_bf16_only_on_a_bf16_cpu(monkeypatch):
 @pytest.mark.slow
 def test_mixed_precision_training_saves_a_float32_model_that_matches_its_metrics(colour_folder, tmp_path):
     from imgclf.data.dataset import load_dataset
-    from imgclf.evaluation.evaluator import evaluate_arrays
-    from imgclf.runtime.classifier import load_classifier
+    from imgclf.evaluation.metrics import evaluate_arrays
+    from imgclf.runtime import load_classifier
 
     run = train(recipe="fast80", data=str(colour_folder), val_fraction=0.25, epochs=2, batch_size=8,
                 precision="mixed_bfloat16", learning_rate=0.01,
@@ -447,7 +450,7 @@ def test_mixed_precision_training_saves_a_float32_model_that_matches_its_metrics
 
 def test_bias_lr_scale_multiplies_only_the_bias_steps_and_keeps_their_decay():
     import keras
-    from imgclf.training.trainer import BiasScaledSGD
+    from imgclf.training import BiasScaledSGD
 
     def one_step(opt):
         beta = keras.Variable(np.full(3, 2.0, np.float32), name="beta")
@@ -496,14 +499,14 @@ def test_fast_training_runs_on_the_jax_backend(tmp_path):
         " lookahead_start=0.3, bias_lr_scale=64,"
         " model_options={'widths': [8, 16, 16], 'whiten_width': 6},"
         f" run_dir={str(tmp_path / 'run')!r}, verbose=0, report=False)\n"
-        "from imgclf.runtime.classifier import load_classifier\n"
+        "from imgclf.runtime import load_classifier\n"
         "c = load_classifier(run.model_path)\n"
         "p = c.predict_proba(c.load_images([str(next((run.run_dir.parent / 'colours' / 'red').iterdir()))]), tta=True)\n"
         "print(json.dumps({'backend': keras.backend.backend(), 'sum': float(p.sum()),"
         " 'meta_backend': c.meta['backend']}))\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=HANG)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["backend"] == "jax" and result["meta_backend"] == "jax"

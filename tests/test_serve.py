@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from deploy_helpers import CIFAR_JPEG, CLASSES, ServerThread, make_tiny_model, png_bytes, random_image
+from conftest import HANG
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def test_health_and_model_card(onnx_server):
 
 @pytest.mark.parametrize("runtime", ["onnx", "keras"])
 def test_predict_matches_the_classifier(runtime, models, onnx_server, keras_server):
-    from imgclf.runtime.classifier import load_classifier, top_k
+    from imgclf.runtime import load_classifier, top_k
 
     server = onnx_server if runtime == "onnx" else keras_server
     imgs = [random_image(i, (32 + 8 * i, 40)) for i in range(3)]
@@ -157,7 +158,7 @@ def test_gradcam_is_backend_agnostic(models, tmp_path):
     np.save(tmp_path / "x.npy", x)
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     r = subprocess.run([sys.executable, "-c", JAX_CAM, str(models["keras"]), str(tmp_path / "x.npy"),
-                        str(tmp_path / "heat.npy")], capture_output=True, text=True, timeout=180, env=env)
+                        str(tmp_path / "heat.npy")], capture_output=True, text=True, timeout=HANG, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     heat_tf, _ = GradCam(load_model(models["keras"])[0])(x)
     np.testing.assert_allclose(np.load(tmp_path / "heat.npy"), heat_tf, atol=1e-4)
@@ -329,7 +330,7 @@ def test_onnx_path_imports_no_tensorflow_or_keras(models, tmp_path):
     img = tmp_path / "a.png"
     img.write_bytes(png_bytes(random_image(0)))
     r = subprocess.run([sys.executable, "-c", SLIM, str(models["onnx"]), str(img)], capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "SLIM-OK" in r.stdout
     out = json.loads(r.stdout.split("SLIM-OK")[0])
@@ -340,7 +341,7 @@ def test_cli_bad_model_is_one_error_line(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     r = subprocess.run([sys.executable, "-m", "imgclf.cli", "serve", str(bad)], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=HANG)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "not a valid ONNX model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -355,12 +356,12 @@ def test_pretrained_cifar10_predicts_real_images(tmp_path):
     assert path.stat().st_size < 2_000_000
     imgs = sorted((CIFAR_JPEG / "cat").glob("*.jpg"))[:2]
     r = subprocess.run([sys.executable, "-m", "imgclf.cli", "predict", "--pretrained", "cifar10", *map(str, imgs),
-                        "--json", "-k", "3"], capture_output=True, text=True, timeout=120)
+                        "--json", "-k", "3"], capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) == 2 and all(t["class"] in CLASSES for row in rows for t in row["top"])
     r = subprocess.run([sys.executable, "-m", "imgclf.cli", "predict", "--pretrained", "nope", str(imgs[0])],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 2 and "unknown pretrained model 'nope'" in r.stderr
 
 
@@ -379,7 +380,7 @@ def test_cli_serve_pretrained_binds_loopback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "imgclf.cli", "serve", "--pretrained", "cifar10", "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline, info = time.time() + 120, None
+        deadline, info = time.time() + HANG, None
         while time.time() < deadline and proc.poll() is None and info is None:
             try:
                 info = httpx.get(f"http://127.0.0.1:{port}/model", timeout=2).json()
@@ -391,5 +392,5 @@ def test_cli_serve_pretrained_binds_loopback(tmp_path):
         assert info["card"]["val_accuracy"] == info["metrics"]["val"]["accuracy"]
     finally:
         proc.terminate()
-        out = proc.communicate(timeout=30)[0]
+        out = proc.communicate(timeout=HANG)[0]
     assert f"on http://127.0.0.1:{port}" in out

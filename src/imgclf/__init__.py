@@ -22,7 +22,7 @@ _LAZY = {
     "create_model": ("imgclf.models.registry", "create_model"),
     "list_models": ("imgclf.models.registry", "list_models"),
     "load_model": ("imgclf.runtime.modelfile", "load_model"),
-    "load_classifier": ("imgclf.runtime.classifier", "load_classifier"),
+    "load_classifier": ("imgclf.runtime.load", "load_classifier"),
     "load_dataset": ("imgclf.data.dataset", "load_dataset"),
     "load_cifar10": ("imgclf.data.cifar", "load_cifar10"),
     "to_rgb": ("imgclf.data.images", "to_rgb"),

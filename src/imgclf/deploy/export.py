@@ -208,7 +208,7 @@ def _rewrite_erfc(proto):
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
     from ..runtime.onnx_runtime import OnnxClassifier
 
-    return OnnxClassifier(path)._raw_probs(x)
+    return OnnxClassifier(path).predict_proba(x, batch_size=max(1, len(x)), calibrated=False)
 
 
 def _export_savedmodel(model, meta: dict, tmp: Path) -> Path:

@@ -37,7 +37,8 @@ from fastapi import Query, Request  # at module level: the endpoint annotations 
 from .. import __version__
 from ..errors import DataError
 from ..data.images import MAX_PIXELS, to_rgb
-from ..runtime.classifier import Classifier, load_classifier, top_k
+from ..runtime.classifier import Classifier, top_k
+from ..runtime.load import load_classifier
 
 STATIC = Path(__file__).with_name("static")
 FILE_FIELDS = ("files", "file")

@@ -1,9 +1,10 @@
-"""Inference on raw images, for any model file imgclf can run.
+"""Classifiers: a model plus its metadata, run on uint8 RGB batches at the model's input size.
 
-`load_classifier(path)` picks the runtime from the file: `.keras` runs on Keras, `.onnx` on
-ONNX Runtime (without importing TensorFlow or Keras). Both take uint8 RGB batches at the
-model's input size and return class probabilities, with the model's fitted temperature
-applied (softmax(log p / T); T = 1 leaves them unchanged).
+`Classifier` is the runtime-independent part: batching, test-time augmentation (`tta_views`) and
+the model's fitted temperature (`apply_temperature`: softmax(log p / T); T = 1 leaves the
+probabilities unchanged). Its subclasses run the model: `KerasClassifier` (keras_classifier.py)
+and `OnnxClassifier` (onnx_runtime.py); `load_classifier` (load.py) picks one from the file.
+Also here: `top_k` and `expand_paths`, which predict and serve share.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 from ..errors import ImgclfError
 from ..data.images import check_regular_file, is_image_file, to_rgb
 
-
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     if temperature == 1.0:
         return probs
@@ -23,7 +23,6 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
-
 
 def tta_views(x: np.ndarray, translate: int = 0) -> list[tuple[float, np.ndarray]]:
     """Test-time augmentation of a uint8 NHWC batch: (weight, view) pairs whose weighted mean of
@@ -37,7 +36,6 @@ def tta_views(x: np.ndarray, translate: int = 0) -> list[tuple[float, np.ndarray
     padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
     shifted = [padded[:, :h, :w], padded[:, 2 * t:2 * t + h, 2 * t:2 * t + w]]
     return [(0.25, x), (0.25, mirror)] + [(0.125, v) for s in shifted for v in (s, s[:, :, ::-1])]
-
 
 class Classifier:
     """A model plus its metadata. Subclasses implement `_raw_probs(x_uint8)`.
@@ -82,38 +80,10 @@ class Classifier:
         return np.stack([to_rgb(s, (size, size), self.resize) for s in sources]) if len(sources) else \
             np.zeros((0, size, size, 3), np.uint8)
 
-
-class KerasClassifier(Classifier):
-    runtime = "keras"
-
-    def __init__(self, path):
-        from .modelfile import load_model
-
-        self.model, meta = load_model(path)
-        super().__init__(path, meta)
-
-    def _raw_probs(self, x):
-        return np.asarray(self.model.predict_on_batch(x.astype(np.float32)), dtype=np.float32)
-
-
-def load_classifier(path: str | Path) -> Classifier:
-    path = Path(path)
-    if not path.is_file():
-        raise ImgclfError(f"{path}: model file not found")
-    if path.suffix == ".keras":
-        return KerasClassifier(path)
-    if path.suffix == ".onnx":
-        from .onnx_runtime import OnnxClassifier  # noqa: F401  (issue 5: ONNX Runtime path)
-
-        return OnnxClassifier(path)
-    raise ImgclfError(f"{path}: unknown model format (expected .keras or .onnx)")
-
-
 def top_k(probs: np.ndarray, class_names: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
     k = min(k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[(class_names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
-
 
 def expand_paths(paths) -> list[Path]:
     """Files as given, and image files found recursively in folders, in sorted order."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..data.images import IMAGE_EXTENSIONS, check_regular_file, is_image_file
-from .classifier import expand_paths, load_classifier, top_k
+from .classifier import expand_paths, top_k
+from .load import load_classifier
 
 
 def check_inputs(paths) -> None:
