@@ -4,10 +4,11 @@
 
 Trains with imgclf's own pipeline (`imgclf.train`) on the JPEG copy of the CIFAR-10 training
 images ($IMGCLF_SHARED/datasets/cifar10-jpeg/train; 10% held out for validation by split_seed 0),
-fits the temperature (on half of the validation split, as every report does),
+which fits the temperature (on half of the validation split, as every train does),
 then writes src/imgclf/runtime/pretrained/cifar10.keras (with a model card in its metadata) and its ONNX
-export cifar10.onnx (parity-checked against real validation images), and prints the sizes,
-sha256 checksums and validation accuracy for the README. Both files must stay under 2 MB.
+export cifar10.onnx (parity-checked against real validation images), regenerates the model card
+docs/pretrained-<name>.md from the model file's metadata, and prints the sizes, sha256 checksums
+and validation accuracy for bench/README.md. Both files must stay under 2 MB.
 
 The .keras file is not byte-for-byte reproducible (Keras stores the save date inside it); the
 training run is (seeded, deterministic ops), so the weights and the validation accuracy are.
@@ -98,7 +99,11 @@ def main(argv=None) -> int:
             shutil.copyfile(src, dst.with_suffix(dst.suffix + ".tmp"))
             os.replace(dst.with_suffix(dst.suffix + ".tmp"), dst)
             out[dst.name] = {"bytes": size, "sha256": sha256(dst)}
-    print(json.dumps({"card": meta["card"], "files": out}, indent=1))
+    from imgclf.runtime.card import model_card
+
+    card = REPO / "docs" / f"pretrained-{args.name}.md"
+    card.write_text(model_card(read_meta(args.out_dir / f"{args.name}.keras")))
+    print(json.dumps({"card": meta["card"], "files": out, "card_file": str(card)}, indent=1))
     return 0
 
 
