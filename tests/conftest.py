@@ -14,6 +14,10 @@ SHARED = Path(os.environ.get("IMGCLF_SHARED", REPO.parent / "shared"))
 CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg"
 
 # Synthetic classes that a CNN learns in a few steps: the dominant colour of the image.
+# How long a test waits for a subprocess or a server before calling it hung: a guard against hangs,
+# not a speed bound, so it holds on a machine many times slower than usual or under heavy load.
+HANG = 1800
+
 COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 
 

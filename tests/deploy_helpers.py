@@ -8,6 +8,8 @@ import os
 import socket
 import threading
 import time
+
+from conftest import HANG
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +70,7 @@ class ServerThread:
 
     def __enter__(self):
         self.thread.start()
-        deadline = time.time() + 30
+        deadline = time.time() + HANG
         while not self.server.started:
             if time.time() > deadline or not self.thread.is_alive():
                 raise RuntimeError("server did not start")

@@ -11,6 +11,7 @@ line is 'N passed, 0 failed'.
 
 from __future__ import annotations
 
+HANG = 1800  # a hang guard, not a speed bound (tests/conftest.py)
 import importlib.util
 import json
 import os
@@ -46,7 +47,7 @@ def multipart(field, filename, blob):
 def request(url, body=None, ctype=None):
     req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype} if ctype else {})
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=HANG) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -102,11 +103,11 @@ def check_bad_metadata(tmp: Path, img: Path) -> None:
         path = tmp / f"model{i}.onnx"  # the field is not in the file name
         path.write_bytes(with_imgclf_metadata((PRETRAINED_DIR / "cifar10.onnx").read_bytes(), json.dumps(meta)))
         if name == "good":  # the rewritten file itself is sound
-            r = subprocess.run(IMGCLF + ["predict", str(path), str(img)], capture_output=True, text=True, timeout=120)
+            r = subprocess.run(IMGCLF + ["predict", str(path), str(img)], capture_output=True, text=True, timeout=HANG)
             check("a rewritten .onnx with good metadata predicts", r.returncode == 0, r.stderr[-500:])
             continue
         for command in (["predict", str(path), str(img)], ["serve", str(path), "--port", "9"]):
-            r = subprocess.run(IMGCLF + command, capture_output=True, text=True, timeout=120)
+            r = subprocess.run(IMGCLF + command, capture_output=True, text=True, timeout=HANG)
             lines = r.stderr.strip().splitlines()
             one_line = len(lines) == 1 and lines[0].startswith("error: ") and path.name in lines[0]
             check(f"{command[0]} refuses bad {name} metadata with one error line", r.returncode == 2 and one_line
@@ -121,7 +122,7 @@ def main() -> int:
         img = Path(tmp) / "ship.jpg"
         shutil.copyfile(image, img)
         r = subprocess.run(IMGCLF + ["predict", "--pretrained", "cifar10", str(img), "--json"], capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=HANG)
         check("imgclf predict --pretrained cifar10", r.returncode == 0, r.stderr[-500:])
         if r.returncode == 0:
             top = json.loads(r.stdout)[0]["top"]
@@ -133,7 +134,7 @@ def main() -> int:
         server = subprocess.Popen(IMGCLF + ["serve", "--pretrained", "cifar10", "--port", str(port)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline, up = time.time() + 120, False
+            deadline, up = time.time() + HANG, False
             while time.time() < deadline and server.poll() is None and not up:
                 try:
                     up = request(url + "/health")[0] == 200
@@ -157,7 +158,7 @@ def main() -> int:
                 check("page at /", request(url + "/")[0] == 200)
         finally:
             server.terminate()
-            out = server.communicate(timeout=20)[0]
+            out = server.communicate(timeout=HANG)[0]
         check("serve imported no tensorflow", "tensorflow" not in out.lower(), out[-500:])
         check_bad_metadata(Path(tmp), img)
     print(f"{checks['passed']} passed, {checks['failed']} failed")

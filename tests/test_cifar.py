@@ -31,6 +31,7 @@ from imgclf.data.cifar import (
     load_cifar10,
 )
 from imgclf.errors import DataError
+from conftest import HANG
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_PER_BATCH = 4
@@ -302,7 +303,7 @@ def test_module_imports_without_keras_or_tensorflow():
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 

@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import make_folder
+from conftest import HANG, make_folder
 from imgclf.cli import main
 from imgclf.config import FIELD_TYPES, TrainConfig, make_config
 from imgclf.errors import ConfigError
 
-TIMEOUT = 300  # generous: a FIFO that is opened blocks forever; the assertion is about the exit status
+TIMEOUT = HANG  # a FIFO that is opened blocks forever; the assertion is about the exit status
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from imgclf.cli import main
 from imgclf.errors import ImgclfError
 from imgclf.data.images import RESIZE_RULES
 from imgclf.runtime.modelmeta import MAX_INPUT_SIZE, MAX_META_BYTES, validate_meta
+from conftest import HANG
 
 CLASSES = ["red", "green", "blue"]
 GOOD = {"class_names": CLASSES, "input_size": 8, "resize": "stretch", "temperature": 1.0, "tta_translate": 0}
@@ -189,7 +190,7 @@ def test_bad_metadata_in_a_fresh_process(base, data, tmp_path):
     """The installed command: exit 2, one line, no traceback, no TensorFlow start-up noise."""
     path = keras_with_meta(base, tmp_path, bad_meta("temperature", 0))
     r = subprocess.run([sys.executable, "-m", "imgclf.cli", "predict", str(path), str(data / "red" / "0.png")],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr[-2000:])
     assert r.stderr.strip().splitlines() == [f"error: {path}: imgclf.json: temperature: expected a number "
                                              "from 0.001 to 1000, got 0"]
