@@ -62,6 +62,10 @@ class ImageSet:
             return self.x[index]
         return np.stack([to_rgb(self.root / self.files[i], self.size, self.resize) for i in np.asarray(index)])
 
+    def all_images(self) -> np.ndarray:
+        """Every image of the set, from memory or decoded."""
+        return self.x if self.x is not None else self.images(np.arange(len(self)))
+
     def subset(self, index) -> "ImageSet":
         index = np.asarray(index)
         return ImageSet(self.y[index], [self.files[i] for i in index], None if self.x is None else self.x[index],

@@ -62,7 +62,7 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
         sets["test"] = ds.test
     results = {}
     for name, s in sets.items():
-        probs = clf.predict_proba(_all_images(s), tta=tta, calibrated=False)
+        probs = clf.predict_proba(s.all_images(), tta=tta, calibrated=False)
         results[name] = evaluate_arrays(probs, s.y)
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
@@ -89,12 +89,8 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
         from ..report.sources import EvalSet
 
         s = sets[held_out]
-        make_report(out_dir, eval_set=EvalSet(held_out, _all_images(s), s.y, results[held_out]["probs"], list(s.files),
+        make_report(out_dir, eval_set=EvalSet(held_out, s.all_images(), s.y, results[held_out]["probs"], list(s.files),
                                               clf.class_names),
                     predict=lambda x: clf.predict_proba(x, tta=tta, calibrated=False), temperature=clf.temperature,
                     verbose=verbose)
     return results
-
-
-def _all_images(s) -> np.ndarray:
-    return s.x if s.x is not None else s.images(np.arange(len(s)))

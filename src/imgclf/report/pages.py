@@ -19,7 +19,7 @@ from ..errors import ImgclfError
 from ..evaluation.metrics import SET_NAMES, evaluate_arrays
 from . import sections
 from .formatting import format_value, num, pct
-from .sources import (REPORT_NAME, EvalSet, Predict, all_images, classifier_predict, keras_predict, read_config,
+from .sources import (REPORT_NAME, EvalSet, Predict, classifier_predict, keras_predict, read_config,
                       read_history, read_json, read_table, run_names, run_val_set)
 
 ROBUSTNESS_N = 500  # validation images for the corruption test (fewer if the time budget demands)
@@ -137,7 +137,7 @@ def run_page(folder: Path, page: Page, model=None, data=None, val_probs=None, ro
                           "gallery, calibration and robustness use single-pass probabilities, as predict and serve "
                           "return by default")
     if val is not None and predict is not None and len(val):
-        x = all_images(val)
+        x = val.all_images()
         probs = np.asarray(val_probs, np.float64) if val_probs is not None else predict(x)
         ev = EvalSet("val", x, val.y, probs, list(val.files), class_names)
 

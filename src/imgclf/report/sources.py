@@ -93,11 +93,6 @@ def classifier_predict(clf) -> Predict:
     return lambda x: clf.predict_proba(x, calibrated=False)
 
 
-def all_images(s) -> np.ndarray:
-    """Every image of an ImageSet, decoded."""
-    return s.x if s.x is not None else s.images(np.arange(len(s)))
-
-
 def run_val_set(cfg: dict, meta: dict | None, notes: list[str], data=None):
     """The run's validation ImageSet and class names: from `data` if given, else reloaded as the
     run's config says; (None, None) with a line in `notes` when that fails."""
