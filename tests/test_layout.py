@@ -2,7 +2,9 @@
 
   - runtime/ imports no TensorFlow or Keras at module load, and the .onnx predict path none at all
     (the one check here that runs code, in a fresh interpreter);
-  - no import cycles between imgclf modules, counting imports inside functions too;
+  - no import cycles between imgclf modules, counting imports inside functions too, and none
+    between the pipeline's stages either (data/, models/, training/, ..., each top-level module
+    its own node): the report, for one, is drawn on top of training, evaluation and tuning;
   - no module imports another module's private (_underscore) name;
   - no file over MAX_LINES lines, unless LONG_FILES names it with a reason.
 
@@ -236,6 +238,40 @@ def test_no_import_cycles():
     graph = import_graph()
     cycles = find_cycles(graph)
     assert not cycles, "import cycles between imgclf modules:\n" + "\n".join(describe(c, graph) for c in cycles)
+
+
+def stage(module: str) -> str:
+    """The stage a module belongs to: imgclf.training.trainer -> imgclf.training (a top-level module is its own)."""
+    return ".".join(module.split(".")[:2])
+
+
+def stage_graph(graph: dict[str, dict[str, int]]) -> tuple[dict[str, dict[str, int]], dict[tuple[str, str], str]]:
+    """The import graph between stages, and for each edge the first module-level import behind it."""
+    out: dict[str, dict[str, int]] = {}
+    where: dict[tuple[str, str], str] = {}
+    for a, targets in sorted(graph.items()):
+        for b, line in targets.items():
+            sa, sb = stage(a), stage(b)
+            if sa != sb and sb != "imgclf":  # imgclf/__init__.py: __version__ and the lazy API
+                out.setdefault(sa, {}).setdefault(sb, line)
+                where.setdefault((sa, sb), f"{MODULES[a].relative_to(PACKAGE)}:{line}")
+    return out, where
+
+
+def test_the_stage_graph_sees_an_edge_between_stages():
+    graph = {"imgclf.data.dataset": {"imgclf.runtime.modelmeta": 3}, "imgclf.runtime.modelmeta": {"imgclf.data.images": 9},
+             "imgclf.data.images": {}}
+    stages, where = stage_graph(graph)
+    assert stages == {"imgclf.data": {"imgclf.runtime": 3}, "imgclf.runtime": {"imgclf.data": 9}}
+    assert find_cycles(stages) == [["imgclf.data", "imgclf.runtime", "imgclf.data"]]
+
+
+def test_no_import_cycles_between_stages():
+    stages, where = stage_graph(import_graph())
+    assert {"imgclf.pipeline", "imgclf.report", "imgclf.training"} <= set(stages)
+    cycles = find_cycles(stages)
+    assert not cycles, "import cycles between stages:\n" + "\n".join(
+        " -> ".join(c) + "  (" + ", ".join(where[a, b] for a, b in zip(c, c[1:])) + ")" for c in cycles)
 
 
 def test_no_module_imports_another_modules_private_names():

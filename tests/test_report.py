@@ -209,7 +209,7 @@ def test_evaluate_refuses_an_output_folder_holding_the_model(run, capsys):
 @pytest.mark.slow
 def test_compare_and_repeats(run, tmp_path, capsys):
     result, data = run
-    from imgclf.training.repeats import train_repeats
+    from imgclf.repeats import train_repeats
 
     info = train_repeats(data=str(data), repeats=2, epochs=1, batch_size=16, val_fraction=0.25,
                          run_dir=tmp_path / "rep", verbose=0)

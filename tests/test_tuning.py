@@ -27,7 +27,8 @@ import yaml
 from PIL import Image
 
 from imgclf.cli import main
-from imgclf.tuning import read_space, tune
+from imgclf.pipeline import tune
+from imgclf.tuning import read_space
 from tune_toy import TOY
 from conftest import HANG
 
@@ -86,7 +87,7 @@ def assert_grid_done_once(trials, grid_size: int):
 
 
 def tune_cmd(space: Path, *args) -> list[str]:
-    return [sys.executable, "-m", "imgclf.tuning", str(space), "--objective", TOY, "--quiet", "--no-plots", *args]
+    return [sys.executable, "-m", "imgclf", "tune", str(space), "--objective", TOY, "--quiet", "--no-plots", *args]
 
 
 def wait_for(predicate, timeout: float, what: str):

@@ -14,10 +14,12 @@ ONNX serving path never imports them.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ("imgclf.training.trainer", "train"),
+    "train": ("imgclf.pipeline", "train"),
+    "train_repeats": ("imgclf.repeats", "train_repeats"),
+    "tune": ("imgclf.pipeline", "tune"),
     "TrainConfig": ("imgclf.config", "TrainConfig"),
     "make_config": ("imgclf.config", "make_config"),
-    "evaluate": ("imgclf.evaluation.evaluator", "evaluate"),
+    "evaluate": ("imgclf.pipeline", "evaluate"),
     "predict": ("imgclf.runtime.predict", "predict"),
     "create_model": ("imgclf.models.registry", "create_model"),
     "list_models": ("imgclf.models.registry", "list_models"),

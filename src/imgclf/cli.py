@@ -82,15 +82,15 @@ def _model_options(pairs) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .training.trainer import train
+    from .pipeline import train
 
     overrides = {name: getattr(args, name) for name in FIELDS if name != "model_options" and hasattr(args, name)}
     if args.model_option:
         overrides["model_options"] = _model_options(args.model_option)
     if getattr(args, "repeats", 1) < 1:
         raise ImgclfError(f"--repeats: expected an integer >= 1, got {args.repeats}")
-    if getattr(args, "repeats", 1) != 1:  # mean +- std over seeds (imgclf.training.repeats)
-        from .training.repeats import train_repeats
+    if getattr(args, "repeats", 1) != 1:  # mean +- std over seeds (imgclf.repeats)
+        from .repeats import train_repeats
 
         if args.resume:
             raise ImgclfError("--repeats: cannot be combined with --resume")
@@ -102,9 +102,23 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.evaluator import evaluate
+    from .pipeline import evaluate
 
     evaluate(args.model, args.data, args.test_data, args.out, tta=args.tta, report=args.report)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .pipeline import tune
+    from .tuning.cli import tune_arguments
+    from .tuning.tuner import print_summary
+
+    space, kwargs = tune_arguments(args)
+    try:
+        result = tune(space, report=not args.no_report, **kwargs)
+    except KeyboardInterrupt:
+        return 130
+    print_summary(result)
     return 0
 
 
@@ -262,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .tuning.cli import add_parser as add_tune_parser  # imgclf tune: hyperparameter search
 
-    add_tune_parser(sub)
+    add_tune_parser(sub).set_defaults(func=cmd_tune)
     return parser
 
 

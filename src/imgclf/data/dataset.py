@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import DataError, quote
 from ..fileio import atomic_write
 from .images import IMAGE_EXTENSIONS, check_regular_file, to_rgb
-from ..runtime.modelmeta import class_name_problem
+from .names import class_name_problem
 
 CACHE_FORMAT = 1
 

@@ -1,5 +1,5 @@
-"""Evaluation of a model file: the seed's results table, per-class precision/recall/F1, a
-confusion matrix and (unless report=False) the evaluation's HTML report.
+"""Evaluation of a model file: the seed's results table, per-class precision/recall/F1 and a
+confusion matrix. (The evaluation's HTML report is drawn on top of it: imgclf.pipeline.)
 
 `evaluate(model, data)` needs only the model file: its metadata gives the class names, input
 size, resize rule and validation split. Shown the model's own training folder (recognised by
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,29 @@ def _same_split(meta: dict, data: Dataset) -> bool:
     return bool(split) and split.get("train_files_hash") == files_hash(data.train.files)
 
 
+@dataclass
+class Evaluation:
+    """What `run_evaluation` found: the results per set, and the held-out set they were drawn from."""
+
+    results: dict  # {set name: evaluate_arrays(...)}
+    held_out: str  # "test", "val" or "data"
+    images: ImageSet  # the held-out set
+    classifier: object  # the loaded runtime Classifier
+    tta: bool
+    out_dir: Path
+
+
 def evaluate(model: str | Path, data: str | None = None, test_data: str | None = None,
-             out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True, report: bool = True) -> dict:
+             out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True) -> dict:
     """Evaluate a model file on a dataset; returns {set: {loss, accuracy, ...}} and writes out_dir.
 
     The model file is only read: out_dir (replaced as a whole) may not be or hold it."""
+    return run_evaluation(model, data, test_data, out_dir, tta=tta, verbose=verbose).results
+
+
+def run_evaluation(model: str | Path, data: str | None = None, test_data: str | None = None,
+                   out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True) -> Evaluation:
+    """`evaluate`, returning an Evaluation (the loaded classifier and held-out images included)."""
     clf = load_classifier(model)
     out_dir = Path(out_dir) if out_dir else Path(model).parent / "evaluation"
     if out_dir.exists() and not out_dir.is_dir():
@@ -84,13 +103,4 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
         print(f"\nper-class metrics ({held_out}):\n" + per_class_table(results[held_out], clf.class_names))
         print("\n" + confusion_text(results[held_out]["confusion_matrix"]))
         print(f"\nwritten: {out_dir}/metrics.json, confusion_matrix.png, classification_report.txt", file=sys.stderr)
-    if report:  # out_dir/report.html: gallery, calibration at the stored temperature, robustness
-        from ..report.build import make_report
-        from ..report.sources import EvalSet
-
-        s = sets[held_out]
-        make_report(out_dir, eval_set=EvalSet(held_out, s.all_images(), s.y, results[held_out]["probs"], list(s.files),
-                                              clf.class_names),
-                    predict=lambda x: clf.predict_proba(x, tta=tta, calibrated=False), temperature=clf.temperature,
-                    verbose=verbose)
-    return results
+    return Evaluation(results, held_out, sets[held_out], clf, tta, out_dir)

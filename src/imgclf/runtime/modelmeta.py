@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import unicodedata
 
 from ..errors import ImgclfError
 from ..data.images import MAX_PIXELS, RESIZE_RULES
+from ..data.names import class_name_problem
 
 MAX_META_BYTES = 1_000_000  # imgclf.json / the ONNX 'imgclf' string
 MAX_MODEL_BYTES = 4 << 30  # a whole model file, uncompressed (IMGCLF_MAX_MODEL_BYTES overrides)
 MAX_CLASSES = 100_000
-MAX_NAME_CHARS = 255  # a class name is a folder name: at most 255 bytes on common file systems
 MAX_INPUT_SIZE = math.isqrt(MAX_PIXELS)  # a larger square input could not come from an allowed image
 TEMPERATURE_RANGE = (1e-3, 1e3)  # calibration fits within (0.05, 20); beyond this softmax(log p / T) degenerates
 SHOW = 60  # characters of a bad value quoted in a message
@@ -75,18 +74,6 @@ def _int_in(meta: dict, where: str, field: str, lo: int, hi: int | None = None) 
     value = meta[field]
     if not _is_int(value) or value < lo or (hi is not None and value > hi):
         raise _bad(where, field, f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}", value)
-
-
-def class_name_problem(name) -> str | None:
-    """What a class name needs and `name` lacks (None if it is fine); training checks folder names
-    with the same rule, so every model it saves loads again."""
-    if not isinstance(name, str) or not name.strip():
-        return "a non-blank string"
-    if len(name) > MAX_NAME_CHARS:
-        return f"at most {MAX_NAME_CHARS} characters"
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
-        return "no control characters"
-    return None
 
 
 def _class_names(value, where: str) -> None:

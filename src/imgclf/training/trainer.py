@@ -21,7 +21,7 @@ import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -47,6 +47,11 @@ class RunResult:
     model_path: Path
     metrics: dict
     config: TrainConfig
+    # what the run still holds in memory, for a report on top of it (imgclf.pipeline): the trained
+    # model, the dataset and the single-pass validation probabilities
+    model: keras.Model | None = field(default=None, repr=False)
+    data: Dataset | None = field(default=None, repr=False)
+    val_probs: np.ndarray | None = field(default=None, repr=False)
 
 
 def _set_determinism(cfg: TrainConfig) -> None:
@@ -220,11 +225,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     if verbose:
         print(results_table(metrics))
         print(f"run directory: {run_dir}")
-    if cfg.report:  # reuses the model, images and (single-pass) validation predictions in memory
-        from ..report.build import make_report
-
-        make_report(run_dir, model=model, data=data, val_probs=val_single, verbose=bool(verbose))
-    return RunResult(run_dir, model_path, metrics, cfg)
+    return RunResult(run_dir, model_path, metrics, cfg, model=model, data=data, val_probs=val_single)
 
 
 __all__ = ["train", "RunResult", "model_meta", "default_run_dir"]

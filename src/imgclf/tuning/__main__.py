@@ -1,6 +1,6 @@
 """python -m imgclf.tuning --worker I: a local worker process (its spec in IMGCLF_TUNE_SPEC);
-python -m imgclf.tuning --trial: one trial's own process (its payload on stdin);
-python -m imgclf.tuning SPACE.yaml ...: the same as `imgclf tune SPACE.yaml ...`."""
+python -m imgclf.tuning --trial: one trial's own process (its payload on stdin).
+A search itself is `imgclf tune SPACE.yaml ...` (or `python -m imgclf tune ...`)."""
 
 import sys
 
@@ -12,6 +12,6 @@ if "--trial" in sys.argv:
     from .trial_process import trial_main
 
     sys.exit(trial_main())
-from ..cli import main
-
-sys.exit(main(["tune", *sys.argv[1:]]))
+print("error: python -m imgclf.tuning: expected --worker I or --trial (tune's own processes); "
+      "run a search with `imgclf tune SPACE.yaml` or `python -m imgclf tune SPACE.yaml`", file=sys.stderr)
+sys.exit(2)

@@ -1,4 +1,4 @@
-"""The `imgclf tune` subcommand: its flags, and the command that runs tune() with them."""
+"""The `imgclf tune` subcommand's flags, and the tune() arguments they give (imgclf.cli runs it)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 from ..config import load_yaml
 from ..errors import ConfigError, quote
 from .space import PRUNERS, SAMPLERS, SPACES_DIR, example_space
-from .tuner import print_summary, tune
 
 
-def add_parser(sub) -> None:
-    """Add `imgclf tune` to the CLI's subparsers."""
+def add_parser(sub):
+    """Add `imgclf tune` to the CLI's subparsers; returns its parser."""
     p = sub.add_parser("tune", help="hyperparameter search (grid / random / TPE) over a space file",
                        description="Search a space file's parameters with Optuna. Example space: "
                                    f"{example_space()}")
@@ -40,10 +39,11 @@ def add_parser(sub) -> None:
     p.add_argument("--isolate", choices=("process", "none"),
                    help="run each trial in a fresh process (default for training: memory stays flat)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_tune)
+    return p
 
 
-def cmd_tune(args) -> int:
+def tune_arguments(args) -> tuple[Path | None, dict]:
+    """(space file, tune() keyword arguments) from the parsed flags."""
     base = {}
     for pair in args.set:
         if "=" not in pair:
@@ -53,15 +53,9 @@ def cmd_tune(args) -> int:
     space = args.space
     if space is not None and not space.exists() and (SPACES_DIR / f"{space}.yaml").is_file():
         space = example_space(str(space))  # `imgclf tune seed_cnn`: the shipped example
-    try:
-        result = tune(space, data=args.data, test_data=args.test_data, study=args.study, storage=args.storage,
-                      workers=args.workers, resume=args.resume, out_dir=args.out, sampler=args.sampler,
-                      pruner=args.pruner, trials=args.trials, epochs=args.epochs, time_budget=args.time_budget,
-                      trial_time=args.trial_time, base=base or None, objective=args.objective,
-                      test=not args.no_test, progress=not args.quiet,
-                      threads_per_worker=args.threads_per_worker, plots=not args.no_plots,
-                      isolate=args.isolate, report=not args.no_report)
-    except KeyboardInterrupt:
-        return 130
-    print_summary(result)
-    return 0
+    return space, dict(data=args.data, test_data=args.test_data, study=args.study, storage=args.storage,
+                       workers=args.workers, resume=args.resume, out_dir=args.out, sampler=args.sampler,
+                       pruner=args.pruner, trials=args.trials, epochs=args.epochs, time_budget=args.time_budget,
+                       trial_time=args.trial_time, base=base or None, objective=args.objective,
+                       test=not args.no_test, progress=not args.quiet, threads_per_worker=args.threads_per_worker,
+                       plots=not args.no_plots, isolate=args.isolate)

@@ -72,27 +72,32 @@ class _Plan:
     isolate: str
 
 
+SPACE_OVERRIDES = ("sampler", "pruner", "trials", "epochs", "time_budget", "trial_time", "base")
+
+
 def tune(space_file: str | Path | None = None, *, data: str | None = None, test_data: str | None = None,
          study: str | None = None, storage: str | None = None, workers: int = 1, resume: bool | str | Path = False,
-         out_dir: str | Path | None = None, sampler: str | None = None, pruner: str | None = None,
-         trials: int | None = None, epochs: int | None = None, time_budget=None, trial_time=None,
-         base: dict | None = None, objective=None, test: bool = True, progress: bool = True,
-         threads_per_worker: int | None = None, plots: bool = True, isolate: str | None = None,
-         report: bool = True) -> TuneResult:
+         out_dir: str | Path | None = None, objective=None, isolate: str | None = None,
+         threads_per_worker: int | None = None, test: bool = True, progress: bool = True, plots: bool = True,
+         **space_overrides) -> TuneResult:
     """Run (or continue) a hyperparameter search. See the module docstring for the files written.
 
     `resume=True` continues the study named by the space file / --study (it must exist);
     `resume=STUDY_DIR` reads what it needs from STUDY_DIR/tune.json. Re-running on the same
     storage and study name also continues it: finished trials are never rerun.
-    `sampler`, `pruner`, `trials`, `epochs`, `time_budget`, `trial_time` and `base` (config
-    fields) override the space file.
+    `space_overrides` override the space file: sampler, pruner, trials, epochs, time_budget,
+    trial_time, and base (a dict of config fields).
     `objective`: None (train), "module:function" or a callable taking a TrialContext.
     `isolate`: "process" runs each trial in a fresh child process (default for the train
     objective: Keras/TensorFlow otherwise keep memory from every trial), "none" runs it in the worker.
+    The study's HTML report is drawn on top of this (imgclf.pipeline.tune).
     """
+    unknown = sorted(set(space_overrides) - set(SPACE_OVERRIDES))
+    if unknown:
+        raise ConfigError(f"tune: unknown setting {unknown[0]!r} (expected one of {', '.join(SPACE_OVERRIDES)})")
     t_start = time.perf_counter()
-    overrides = dict(sampler=sampler, pruner=pruner, trials=trials, epochs=epochs, time_budget=time_budget,
-                     trial_time=trial_time, base_overrides=base)
+    overrides = {name: space_overrides.get(name) for name in SPACE_OVERRIDES if name != "base"}
+    overrides["base_overrides"] = space_overrides.get("base")
     plan = _plan(space_file, overrides, resume=resume, out_dir=out_dir, study=study, storage=storage, data=data,
                  test_data=test_data, objective=objective, isolate=isolate, workers=workers)
     space, study_dir = plan.space, plan.study_dir
@@ -122,10 +127,6 @@ def tune(space_file: str | Path | None = None, *, data: str | None = None, test_
     if test and summary["finished"] and plan.objective is train_objective:
         summary["test"] = evaluate_best_on_test(summary, study_dir, plan.data, plan.test_data)
     write_json(study_dir / "summary.json", summary)
-    if report and counts["done"]:
-        from ..report.build import make_report
-
-        make_report(study_dir)  # study_dir/report.html: trials table, search plots, best trial
     if counts["done"] == 0 and counts["failed"]:
         reasons = [r.get("note") for r in trial_rows(the_study, space) if r["state"] == "fail" and r.get("note")]
         raise ImgclfError(f"study {plan.study}: every trial failed ({reasons[0] if reasons else 'see logs'}; "

@@ -18,13 +18,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..config import TrainConfig, make_config
-from ..errors import ConfigError, ImgclfError
-from ..fileio import atomic_write, write_json
+from .config import TrainConfig, make_config
+from .errors import ConfigError, ImgclfError
+from .fileio import atomic_write, write_json
 
 
 def _stats_markdown(stats: dict) -> str:
-    from ..report.formatting import format_value
+    from .report.formatting import format_value
 
     lines = ["| metric | mean ± std | runs |", "|---|---|---|"]
     for k, s in stats.items():
@@ -34,8 +34,8 @@ def _stats_markdown(stats: dict) -> str:
 
 def summarize(run_dir: str | Path, members: list[str]) -> dict:
     """(Re)compute repeats.json, repeats.md and report.html of RUN_DIR from its member runs."""
-    from ..report.build import compare
-    from ..report.sources import REPORT_NAME, run_summary, stats_over
+    from .report.build import compare
+    from .report.sources import REPORT_NAME, run_summary, stats_over
 
     run_dir = Path(run_dir)
     values = [run_summary(run_dir / m)["values"] for m in members]
@@ -52,7 +52,8 @@ def summarize(run_dir: str | Path, members: list[str]) -> dict:
 def train_repeats(config: TrainConfig | str | Path | None = None, repeats: int = 3, *,
                   run_dir: str | Path | None = None, verbose: int = 1, **overrides) -> dict:
     """Train `repeats` times with consecutive seeds; returns repeats.json's content."""
-    from .trainer import default_run_dir, train
+    from .pipeline import train
+    from .training.trainer import default_run_dir
 
     if not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats: expected an integer >= 1, got {repeats!r}")

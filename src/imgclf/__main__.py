@@ -1,0 +1,7 @@
+"""python -m imgclf ARGS: the same as `imgclf ARGS`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
