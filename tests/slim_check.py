@@ -5,7 +5,9 @@
 It proves that this environment cannot import tensorflow or keras, then, with the .onnx model
 shipped as `--pretrained cifar10`, that `imgclf predict` works and that `imgclf serve` answers
 /health, /model, /docs (offline assets), POST /predict (with an occlusion heatmap) and a bad
-upload with a 4xx, and that both refuse an .onnx file with bad metadata with one error line. Standard library only on the client side. Exit status 0 = all good; the last
+upload with a 4xx, and that both refuse an .onnx file with bad metadata with one error line; and that
+the ONNX path decodes with the model's decode rule ("full" when its metadata has none, "draft" when it
+says so). Standard library only on the client side. Exit status 0 = all good; the last
 line is 'N passed, 0 failed'.
 """
 
@@ -98,7 +100,7 @@ def check_bad_metadata(tmp: Path, img: Path) -> None:
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     good = {"class_names": classes, "input_size": 32, "resize": "stretch"}
     cases = (("good", good), ("temperature", {**good, "temperature": 0}),
-             ("class_names", {**good, "class_names": classes[:9]}))
+             ("class_names", {**good, "class_names": classes[:9]}), ("decode", {**good, "decode": "fast"}))
     for i, (name, meta) in enumerate(cases):
         path = tmp / f"model{i}.onnx"  # the field is not in the file name
         path.write_bytes(with_imgclf_metadata((PRETRAINED_DIR / "cifar10.onnx").read_bytes(), json.dumps(meta)))
@@ -112,6 +114,34 @@ def check_bad_metadata(tmp: Path, img: Path) -> None:
             one_line = len(lines) == 1 and lines[0].startswith("error: ") and path.name in lines[0]
             check(f"{command[0]} refuses bad {name} metadata with one error line", r.returncode == 2 and one_line
                   and name in lines[0].replace(str(path), ""), r.stderr[-500:])
+
+
+def check_decode_rule(tmp: Path) -> None:
+    """The ONNX-only install decodes a photo-sized JPEG with the model's rule: "full" for the shipped
+    model (its metadata names none), "draft" for a copy whose metadata says "draft"."""
+    import numpy as np
+    from PIL import Image
+
+    from imgclf.data.images import to_rgb
+    from imgclf.runtime.onnx_runtime import OnnxClassifier
+    from imgclf.runtime.zoo import PRETRAINED_DIR
+
+    rng = np.random.default_rng(0)
+    photo = tmp / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (533, 400, 3), dtype=np.uint8)).save(photo, quality=90)
+    shipped = OnnxClassifier(PRETRAINED_DIR / "cifar10.onnx")
+    draft_path = tmp / "draft.onnx"
+    draft_path.write_bytes(with_imgclf_metadata((PRETRAINED_DIR / "cifar10.onnx").read_bytes(),
+                                                json.dumps({**shipped.meta, "decode": "draft"})))
+    draft = OnnxClassifier(draft_path)
+    check("a model without a decode rule decodes in full", shipped.decode == "full" and np.array_equal(
+        shipped.load_images([photo])[0], to_rgb(photo, 32, shipped.resize, "full")))
+    check("a draft model decodes in draft mode", draft.decode == "draft" and np.array_equal(
+        draft.load_images([photo])[0], to_rgb(photo, 32, draft.resize, "draft")))
+    check("the two rules differ on a photo",
+          not np.array_equal(shipped.load_images([photo]), draft.load_images([photo])))
+    r = subprocess.run(IMGCLF + ["predict", str(draft_path), str(photo)], capture_output=True, text=True, timeout=HANG)
+    check("imgclf predict with a draft model", r.returncode == 0, r.stderr[-500:])
 
 
 def main() -> int:
@@ -161,6 +191,7 @@ def main() -> int:
             out = server.communicate(timeout=HANG)[0]
         check("serve imported no tensorflow", "tensorflow" not in out.lower(), out[-500:])
         check_bad_metadata(Path(tmp), img)
+        check_decode_rule(Path(tmp))
     print(f"{checks['passed']} passed, {checks['failed']} failed")
     return 1 if checks["failed"] else 0
 

@@ -46,8 +46,9 @@ def test_help_and_models_import_no_tensorflow_or_keras():
     out, heavy = run_without_heavy_imports(["--help"], ["models"], *[[name, "--help"] for name in SUBCOMMANDS])
     assert heavy == [], heavy
     assert "usage: imgclf train" in out and "usage: imgclf tune" in out
-    assert re.search(r"^fastnet +\S.*\n^seed_cnn +\S", out, re.M), out  # imgclf models: name, description
-    assert "recipes: seed, budget, fast80, fast94" in out
+    for name in ("fastnet", "mobilenetv3small", "seed_cnn"):  # imgclf models: name, description
+        assert re.search(rf"^{name} +\S", out, re.M), out
+    assert "recipes: seed, auto, budget, fast80, fast94" in out
 
 
 def test_the_check_sees_a_heavy_import():
@@ -78,7 +79,7 @@ def train_help_entries() -> dict[str, str]:
 def test_every_train_flag_has_one_line_of_help_with_its_default():
     entries = train_help_entries()
     entries.pop("-h")
-    config_flags = {"--" + name.replace("_", "-") for name in FIELDS if name not in ("model_options", "recipe")}
+    config_flags = {"--" + name.replace("_", "-") for name in FIELDS if name not in ("model_options", "recipe", "plan")}
     assert config_flags <= set(entries) and len(entries) == len(config_flags) + 7, sorted(entries)
     for flag, text in entries.items():
         assert re.search(r"\S.*\(default: [^)]+\)$", text), (flag, text)
@@ -140,6 +141,46 @@ def test_evaluate_recognises_the_models_own_training_images(trained_colour_model
     out = capsys.readouterr().out
     assert "not the model's training images" in out and "| Data" in out
     assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["data"]["n"] == 15
+
+
+def test_evaluate_uses_the_tta_the_model_records(tmp_path, capsys):
+    """A model trained with TTA (mirrors and 1-pixel shifts): `imgclf evaluate` prints, by default, the
+    test figure `train` wrote in metrics.json; --no-tta turns the views off, --tta forces them on."""
+    import imgclf
+
+    data = make_folder(tmp_path / "data", per_class=20, size=16)
+    test = make_folder(tmp_path / "test", per_class=10, size=16, seed=3)
+    run = imgclf.train(data=str(data), test_data=str(test), recipe="seed", epochs=2, input_size=16, batch_size=16,
+                       learning_rate=0.01, val_fraction=0.25, tta=True, tta_translate=1, run_dir=tmp_path / "run",
+                       verbose=0, report=False)
+    trained = json.loads((run.run_dir / "metrics.json").read_text())
+    assert trained["tta"] is True and trained["test"]["n"] == 30
+    assert {"balanced_accuracy", "macro_f1", "imbalance"} <= set(trained["test"])  # item 5: in metrics.json
+
+    def evaluate(*flags):
+        out_dir = tmp_path / f"ev{len(flags)}{''.join(flags)}"
+        assert main(["evaluate", str(run.model_path), "--data", str(data), "--test-data", str(test), "-o",
+                     str(out_dir), "--no-report", *flags]) == 0
+        table = capsys.readouterr().out
+        return table, json.loads((out_dir / "metrics.json").read_text())
+
+    table, got = evaluate()
+    assert "TTA: mirrors and shifts" in table and got["tta"] is True
+    row = next(line for line in table.splitlines() if line.startswith("| Accuracy"))
+    assert [c.strip() for c in row.split("|")[1:-1]] == \
+        ["Accuracy"] + [f"{100 * trained[k]['accuracy']:.2f}%" for k in ("train", "val", "test")]
+    for k in ("train", "val", "test"):  # the same numbers train wrote, not just the same rounding
+        assert got[k]["accuracy"] == trained[k]["accuracy"] and got[k]["macro_f1"] == trained[k]["macro_f1"], k
+        assert got[k]["loss"] == pytest.approx(trained[k]["loss"], abs=1e-5), k
+    table, off = evaluate("--no-tta")
+    assert "TTA: off" in table and off["tta"] is False and off["train"] == got["train"]
+    clf = imgclf.load_classifier(run.model_path)
+    images = clf.load_images(sorted(test.rglob("*.png")))
+    assert off["test"]["loss"] == pytest.approx(float(np.mean(-np.log(
+        clf.predict_proba(images, calibrated=False)[np.arange(30), np.repeat([0, 1, 2], 10)]))), abs=1e-4)
+    assert off["test"]["loss"] != pytest.approx(got["test"]["loss"], abs=1e-6)
+    _, on = evaluate("--tta")
+    assert on["tta"] is True and on["test"] == got["test"]
 
 
 def test_bad_input_is_one_line_and_exit_2(trained_colour_model, tmp_path, capsys):

@@ -45,8 +45,8 @@ def exactly(a, b) -> bool:
 # Recipes are YAML files in the --config schema
 # ---------------------------------------------------------------------------------------
 
-def test_the_shipped_recipes_are_the_four_files():
-    assert set(recipe_names()) == set(OLD_RECIPES) and recipe_names()[0] == "seed"
+def test_the_shipped_recipes_are_the_four_files_and_auto():
+    assert set(recipe_names()) == set(OLD_RECIPES) | {"auto"} and recipe_names()[0] == "seed"
     assert list(RECIPES) == recipe_names() and "fast80" in RECIPES and "nope" not in RECIPES
     for name in OLD_RECIPES:
         assert recipe_path(name).is_file() and recipe_path(name).suffix == ".yaml"
@@ -139,7 +139,7 @@ def test_values_of_the_wrong_kind_are_one_line(name, value, said):
     ({"resize": "zoom"}, "field 'resize' expects one of stretch, crop, pad, got 'zoom'"),
     ({"precision": "fp8"}, "field 'precision' expects one of float32, mixed_bfloat16, mixed_float16, auto"),
     ({"class_weight": "even"}, "field 'class_weight' expects balanced or nothing, got 'even'"),
-    ({"model": "resnet"}, "field 'model' expects one of fastnet, seed_cnn, got 'resnet'"),
+    ({"model": "resnet"}, "field 'model' expects one of fastnet, mobilenetv3large, mobilenetv3small, seed_cnn, got 'resnet'"),
     ({"recipe": "seed", "optimizer": "adamw", "bias_lr_scale": 4}, "field 'bias_lr_scale' expects 1 unless"),
     ({"model_options": {"depth": 3}}, "field 'model_options': "),
 ])

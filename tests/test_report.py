@@ -84,7 +84,7 @@ def parse(path: Path) -> Page:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("report-run")
-    data = colour_folder(base / "data")
+    data = colour_folder(base / "data", per_class=140)  # 105 validation images: enough to fit a temperature
     result = imgclf.train(data=str(data), epochs=3, batch_size=16, val_fraction=0.25, run_dir=base / "run",
                           verbose=0)
     return result, data
@@ -122,7 +122,7 @@ def test_the_fitted_temperature_is_stored_and_used_by_predict(run):
     cal = rep["calibration"]
     meta = read_meta(result.model_path)
     assert meta["temperature"] == pytest.approx(cal["temperature"]) and 0.05 <= cal["temperature"] <= 20
-    assert meta["calibration"]["fit_n"] + meta["calibration"]["eval_n"] == result.metrics["val"]["n"]
+    assert meta["calibration"]["fit_n"] == meta["calibration"]["eval_n"] == result.metrics["val"]["n"]
     assert meta["calibration"]["seed"] == 0  # the split seed
     assert rep["calibration_fit"] == meta["calibration"] == result.metrics["calibration"]
     assert cal["fit_n"] == 0 and cal["eval_n"] == result.metrics["val"]["n"]  # the report fits nothing
@@ -172,7 +172,7 @@ def test_cli_report_reads_the_stored_temperature_and_never_writes_the_model(run,
     text = " ".join(page.text)
     assert f"T = {meta['temperature']:.3f} was fitted when the model was trained" in text
     assert f"after (T = {meta['temperature']:.2f})" in page.cells
-    assert f"ECE, held-out half at training ({fit['eval_n']} images)" in page.cells
+    assert f"ECE, cross-validated at training ({fit['eval_n']} images)" in page.cells
     assert f"{fit['ece_before']:.4f}" in page.cells and f"{fit['ece_after']:.4f}" in page.cells
     rep = json.loads((result.run_dir / "report.json").read_text())
     assert rep["calibration"]["temperature"] == meta["temperature"] and rep["calibration_fit"] == fit

@@ -17,7 +17,7 @@ from .config import FIELDS, RECIPES, load_yaml, parse_duration
 from .errors import ConfigError, ImgclfError, quote, shorten
 
 ALIASES = {"learning_rate": ["--lr"], "data": ["-d"], "epochs": ["-e"]}
-NOT_FLAGS = ("model_options", "recipe")  # set with --model-option KEY=VALUE and --recipe NAME
+NOT_FLAGS = ("model_options", "recipe", "plan")  # --model-option KEY=VALUE, --recipe NAME; plan: by training
 
 
 def duration(text: str) -> float:
@@ -54,7 +54,7 @@ def field_help(name: str) -> str:
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("training config (defaults: the seed recipe)")
+    group = p.add_argument_group("training config (the defaults shown are the seed recipe's)")
     for name, spec in FIELDS.items():
         if name in NOT_FLAGS:
             continue
@@ -87,6 +87,8 @@ def cmd_train(args) -> int:
     overrides = {name: getattr(args, name) for name in FIELDS if name != "model_options" and hasattr(args, name)}
     if args.model_option:
         overrides["model_options"] = _model_options(args.model_option)
+    if overrides.get("recipe") is None and args.config is None and args.resume is None:
+        overrides["recipe"] = "auto"  # a plan that fits the folder (imgclf.training.plan)
     if getattr(args, "repeats", 1) < 1:
         raise ImgclfError(f"--repeats: expected an integer >= 1, got {args.repeats}")
     if getattr(args, "repeats", 1) != 1:  # mean +- std over seeds (imgclf.repeats)
@@ -156,7 +158,7 @@ def cmd_predict(args) -> int:
         raise ImgclfError("PATHS: give one or more image files or folders")
     if args.top_k < 1:
         raise ImgclfError(f"--top-k: expected an integer >= 1, got {args.top_k}")
-    rows = predict(model, paths, k=args.top_k, tta=args.tta)
+    rows = predict(model, paths, k=args.top_k, tta=args.tta, progress=False if args.json else None)
     print_predictions(rows, as_json=args.json, csv_path=args.csv)
     return 0
 
@@ -204,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", type=Path, metavar="FILE",
                    help="YAML or TOML file of config fields, e.g. a copy of a recipe file (default: none)")
     p.add_argument("--recipe", choices=list(RECIPES), metavar="|".join(RECIPES),
-                   help="a shipped recipe (imgclf/recipes/NAME.yaml) whose values override the defaults "
-                        "(default: seed, the defaults themselves)")
+                   help="a shipped recipe (imgclf/recipes/NAME.yaml) whose values override the defaults; "
+                        "seed is the defaults themselves (default: auto, a plan that fits the data and "
+                        "--time-budget, unless --config is given)")
     p.add_argument("--out", "-o", type=Path, metavar="RUN_DIR", help="run directory (default: runs/<recipe>-<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted run from its last completed epoch (default: none)")
@@ -222,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", "-d", help="image folder or CIFAR-10 archive (default: the model's own data)")
     p.add_argument("--test-data", help="separate test image folder")
     p.add_argument("--out", "-o", type=Path, help="output folder (default: <model folder>/evaluation)")
-    p.add_argument("--tta", action="store_true",
-                   help=TTA_HELP)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help=TTA_HELP + " (default: as the model records, so the figures match train's; --no-tta: off)")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                    help="write OUT/report.html (default: yes)")
     p.set_defaults(func=cmd_evaluate)

@@ -33,9 +33,11 @@ def train(config: TrainConfig | str | Path | None = None, **kwargs):
 
 
 def evaluate(model: str | Path, data: str | None = None, test_data: str | None = None,
-             out_dir: str | Path | None = None, tta: bool = False, verbose: bool = True, report: bool = True) -> dict:
+             out_dir: str | Path | None = None, tta: bool | None = None, verbose: bool = True,
+             report: bool = True) -> dict:
     """`evaluation.evaluate`, then OUT/report.html (gallery, calibration at the stored temperature,
-    robustness) unless report=False. Returns {set: {loss, accuracy, ...}}."""
+    robustness) unless report=False. Returns {set: {loss, accuracy, ...}}. `tta`: None uses the
+    test-time augmentation the model records, True or False forces it."""
     from .evaluation.evaluator import run_evaluation
 
     done = run_evaluation(model, data, test_data, out_dir, tta=tta, verbose=verbose)
@@ -44,10 +46,12 @@ def evaluate(model: str | Path, data: str | None = None, test_data: str | None =
         from .report.sources import EvalSet
 
         clf, s = done.classifier, done.images
-        make_report(done.out_dir, eval_set=EvalSet(done.held_out, s.all_images(), s.y,
-                                                   done.results[done.held_out]["probs"], list(s.files),
-                                                   clf.class_names),
-                    predict=lambda x: clf.predict_proba(x, tta=done.tta, calibrated=False),
+        x = s.all_images()
+        # gallery, calibration and robustness use single-pass probabilities, as predict and serve
+        # return by default (and as train fitted the temperature on); the results table may use TTA
+        probs = clf.predict_proba(x, calibrated=False) if done.tta else done.results[done.held_out]["probs"]
+        make_report(done.out_dir, eval_set=EvalSet(done.held_out, x, s.y, probs, list(s.files), clf.class_names),
+                    predict=lambda batch: clf.predict_proba(batch, calibrated=False),
                     temperature=clf.temperature, verbose=verbose)
     return done.results
 

@@ -42,7 +42,14 @@ def _shipped_recipe(name: str) -> str:
     return name
 
 
+def _sha256_hex(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text.lower()):
+        raise ValueError("a sha256: 64 hexadecimal digits")
+    return text.lower()
+
+
 ModelName = Annotated[Text, AfterValidator(_registered_model)]
+Sha256 = Annotated[Text, AfterValidator(_sha256_hex)]
 RecipeName = Annotated[Text, AfterValidator(_shipped_recipe)]
 
 
@@ -72,6 +79,16 @@ class TrainConfig:
     # model
     model: ModelName = setting("seed_cnn", "a registered model (imgclf models lists them)")
     model_options: Options = setting({}, "keyword options of the model's builder (--model-option KEY=VALUE)")
+    # fine-tuning (imgclf.training.finetune)
+    init_from: Optional[Text] = setting(None, 'start from an imgclf model (a .keras file, or "cifar10": the shipped '
+                                              "one): its layers and weights up to the classifier head, with a new "
+                                              "head for these classes (model and model_options are then unused)")
+    init_from_sha256: Optional[Sha256] = setting(None, "sha256 of the init_from file: recorded by training, checked "
+                                                     "when given (a resumed or repeated run starts from the same file)")
+    freeze_epochs: Int = setting(0, "train only the classifier head for this many epochs (the backbone's batch norm "
+                                    "in inference mode), then every layer", ge=0)
+    backbone_lr_scale: Float = setting(1.0, "the layers before the classifier head learn at this times "
+                                            "learning_rate, their weight decay unchanged", gt=0)
     # optimisation
     epochs: Int = setting(30, "passes over the training images", ge=1)
     batch_size: Int = setting(64, "images per training step", ge=1)
@@ -112,6 +129,8 @@ class TrainConfig:
     time_budget: Optional[Float] = setting(None, "seconds of training, the schedule spread over this wall time "
                                                  "(flag: 90s, 30m, 1.5h)", gt=0)
     recipe: Optional[RecipeName] = setting(None, "the shipped recipe the values start from")
+    plan: Options = setting({}, "the auto recipe's plan: what it found in the data and chose (written by training; "
+                                "a resumed run keeps it)")
     tensorboard: Flag = setting(False, "write TensorBoard logs into the run directory")
     report: Flag = setting(True, "write report.html when training ends")
 

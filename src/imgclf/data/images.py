@@ -17,6 +17,13 @@ Rules, in order:
    - "crop": scale the short side to the target, then centre-crop;
    - "pad": scale the long side to the target, then pad centred with BACKGROUND.
    Resampling is bilinear with Pillow's antialiasing (reducing_gap=None for exactness).
+5. Decode rule (recorded with the model as "decode"; a model without one is "full"):
+   - "full": every JPEG is decoded at its stored size;
+   - "draft": a JPEG is decoded by Pillow's draft mode at 1/2, 1/4 or 1/8 of its size (the
+     decoder's DCT scaling), the largest reduction that keeps both sides at least the target's
+     longer side, whatever the EXIF orientation; so the resize in 4. never gets fewer pixels
+     than it needs, and an image less than twice the target's size decodes exactly as "full".
+     Other formats decode as "full" (MPO, a JPEG with extra pictures, counts as JPEG).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 RESIZE_RULES = ("stretch", "crop", "pad")
+DECODE_RULES = ("full", "draft")
+DEFAULT_DECODE = "draft"  # what load_dataset (training) uses and new models record
 MAX_PIXELS = 16_000_000  # 16 MP: ample for classifier inputs, far below Pillow's 89 MP default
 MAX_FILE_BYTES = 128 * 2**20  # an image file larger than this is refused before it is read
 BACKGROUND = (128, 128, 128)  # fixed colour for transparency and padding
@@ -98,9 +107,12 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES, 
     return data
 
 
-def _open(source) -> Image.Image:
+def _open(source, draft_side: int | None = None) -> Image.Image:
     """Open and fully decode `source` (path, bytes, file object or PIL image), turning every
-    failure into DataError. A path is read only if it is a regular file of at most MAX_FILE_BYTES."""
+    failure into DataError. A path is read only if it is a regular file of at most MAX_FILE_BYTES.
+
+    With `draft_side`, a JPEG is decoded reduced (Pillow's draft mode), both sides kept at least
+    `draft_side` in stored and so also in upright orientation. A PIL image is used as given."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -112,6 +124,8 @@ def _open(source) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fp)
+            if draft_side and img.format in ("JPEG", "MPO"):  # MPO: a phone's multi-picture JPEG
+                img.draft(None, (draft_side, draft_side))
             img.load()  # decode now, so truncated files fail here and not later
         return img
     except FileNotFoundError:
@@ -155,16 +169,18 @@ def _resize(img: Image.Image, height: int, width: int, rule: str) -> Image.Image
     raise DataError(f"resize: unknown rule {rule!r} (expected one of {', '.join(RESIZE_RULES)})")
 
 
-def to_rgb(source, size=(32, 32), resize: str = "stretch") -> np.ndarray:
+def to_rgb(source, size=(32, 32), resize: str = "stretch", decode: str = "full") -> np.ndarray:
     """Convert a path, bytes or PIL image to a (height, width, 3) uint8 RGB array.
 
-    `size` is (height, width) or an int for a square. Raises DataError with the file name on
-    anything that is not a usable image.
+    `size` is (height, width) or an int for a square; `decode` is "full" or "draft" (rule 5).
+    Raises DataError with the file name on anything that is not a usable image.
     """
     height, width = (size, size) if isinstance(size, int) else size
     if resize not in RESIZE_RULES:
         raise DataError(f"resize: unknown rule {resize!r} (expected one of {', '.join(RESIZE_RULES)})")
-    img = _open(source)
+    if decode not in DECODE_RULES:
+        raise DataError(f"decode: unknown rule {decode!r} (expected one of {', '.join(DECODE_RULES)})")
+    img = _open(source, max(height, width) if decode == "draft" else None)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block should not make a readable image unusable

@@ -47,8 +47,9 @@ class GradCam:
         import keras
 
         self.keras, self.model = keras, model
-        # pooling and dropout only coarsen or copy the map before them: use the finer map
-        SKIP = (keras.layers.Dropout, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+        # pooling, dropout and padding only coarsen, copy or pad the map before them: use that map
+        SKIP = (keras.layers.Dropout, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
+                keras.layers.ZeroPadding2D)
         candidates = [model.get_layer(layer)] if layer else \
             [lyr for lyr in _rank4_layers(model) if not isinstance(lyr, SKIP)][::-1]
         self.layer = self.head = None

@@ -374,7 +374,7 @@ def _decode_all(blobs, names, clf: Classifier) -> np.ndarray:
     out = []
     for name, blob in zip(names, blobs):
         try:
-            out.append(to_rgb(blob, size, clf.resize))
+            out.append(to_rgb(blob, size, clf.resize, clf.decode))
         except DataError as e:
             msg = str(e).replace("<bytes>", name, 1)
             raise ApiError(413 if "pixel limit" in msg else 400, msg) from None

@@ -8,8 +8,13 @@
 - `calibrate(probs, y)`: fits T on one half of the validation split and reports ECE and NLL
   before and after on the *other* half, so the improvement is not measured on the data it
   was fitted to.
+- `cross_validate(probs, y, seed)`: K-fold cross-validation of the fit: each fold's T is fitted on
+  the other folds and measured on the fold; the out-of-fold numbers pooled over all images.
 - `fit_for_model(probs, y, seed)`: what `train` stores in the model's metadata (`temperature`,
-  `calibration`): calibrate()'s T and numbers, or T = 1 and the reason when none can be fitted.
+  `calibration`). A temperature is kept only where it cannot hurt: the validation split holds at
+  least MIN_IMAGES images and MIN_PER_CLASS of every class, and the cross-validated T lowers the
+  held-out NLL, pooled and in at least FOLDS_NEEDED of the FOLDS folds. Then T is fitted on the
+  whole split and stored with its out-of-fold numbers; otherwise T = 1 and the reason is stored.
   `imgclf.inference.Classifier` applies the stored T in `predict` and `serve`; reports only read it.
 
 numpy (and scipy's scalar minimiser) only: no Keras, no matplotlib.
@@ -26,6 +31,15 @@ from ..runtime.classifier import apply_temperature
 
 N_BINS = 15
 T_BOUNDS = (0.05, 20.0)
+# When a temperature is trusted (fit_for_model). One parameter fitted by NLL settles fast, but on a
+# small split the held-out NLL it promises is noise of the same size as the gain (issue 15: T fitted
+# on 83 images raised the held-out NLL). Below MIN_IMAGES nothing is fitted; every class needs
+# MIN_PER_CLASS images so that each fold holds it; and the cross-validated T must lower the held-out
+# NLL pooled and in FOLDS_NEEDED of FOLDS folds (a T that helps only on average is not kept).
+MIN_IMAGES = 100
+FOLDS = 5
+MIN_PER_CLASS = FOLDS
+FOLDS_NEEDED = 4
 
 
 def _check(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,18 +159,79 @@ def summary(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("bins_")}
 
 
+def stratified_folds(y: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """Each image's fold 0..k-1: seeded, class-stratified, fold sizes within one of each other."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), np.int64)
+    start = 0  # each class continues the round robin where the previous one stopped
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold[idx] = (start + np.arange(len(idx))) % k
+        start = (start + len(idx)) % k
+    return fold
+
+
+def cross_validate(probs: np.ndarray, y: np.ndarray, seed: int = 0, k: int = FOLDS, n_bins: int = N_BINS) -> dict:
+    """K-fold cross-validation of fitting T: per fold, T fitted on the other folds and the fold's NLL at
+    T = 1 and at that T; pooled over all images (each held out once), ECE and NLL before and after."""
+    probs, y = _check(probs, y)
+    if len(y) < k:
+        raise ImgclfError(f"calibration: need at least {k} validation images, got {len(y)}")
+    fold = stratified_folds(y, k, seed)
+    after = np.empty_like(probs)
+    per_fold = []
+    for f in range(k):
+        out, fit = fold == f, fold != f
+        t = fit_temperature(probs[fit], y[fit])
+        after[out] = apply_temperature(probs[out], t)
+        per_fold.append({"temperature": t, "n": int(out.sum()), "nll_before": nll(probs[out], y[out]),
+                         "nll_after": nll(after[out], y[out])})
+    return {"folds": k, "folds_improved": sum(f["nll_after"] < f["nll_before"] for f in per_fold),
+            "per_fold": per_fold, "eval_n": int(len(y)), "n_bins": n_bins,
+            "ece_before": expected_calibration_error(probs, y, n_bins),
+            "ece_after": expected_calibration_error(after, y, n_bins),
+            "nll_before": nll(probs, y), "nll_after": nll(after, y),
+            "accuracy": float((probs.argmax(1) == y).mean()), "seed": seed}
+
+
+def _too_few(y: np.ndarray, n_classes: int) -> str | None:
+    """Why the split is too small to trust a temperature, or None."""
+    if len(y) < MIN_IMAGES:
+        return (f"calibration: {len(y)} validation images, fewer than the {MIN_IMAGES} a temperature needs "
+                f"to be trusted: T = 1 kept")
+    counts = np.bincount(y, minlength=n_classes)
+    if counts.min() < MIN_PER_CLASS:
+        c = int(counts.argmin())
+        return (f"calibration: class {c} has {counts[c]} validation images, fewer than the {MIN_PER_CLASS} per "
+                f"class a {FOLDS}-fold cross-validation needs: T = 1 kept")
+    return None
+
+
 def fit_for_model(probs: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, dict]:
-    """(temperature, record) for a model's metadata, from its validation probabilities: calibrate()'s
-    T and numbers (without the bins), or T = 1 and {"skipped": reason} when T cannot be fitted."""
-    try:
-        result = calibrate(probs, y, seed)
-    except ImgclfError as e:
-        return 1.0, {"skipped": str(e)}
-    return result["temperature"], summary(result)
+    """(temperature, record) for a model's metadata, from its validation probabilities.
+
+    T is fitted on the whole split and kept only if the split is large enough (MIN_IMAGES images,
+    MIN_PER_CLASS per class) and its cross-validation lowers the held-out NLL pooled and in
+    FOLDS_NEEDED of FOLDS folds; the record holds the out-of-fold numbers. Otherwise T = 1 and
+    {"skipped": reason}. Deterministic in (probs, y, seed)."""
+    probs, y = _check(probs, y)
+    reason = _too_few(y, probs.shape[1])
+    if reason:
+        return 1.0, {"skipped": reason}
+    cv = cross_validate(probs, y, seed)
+    if cv["nll_after"] >= cv["nll_before"] or cv["folds_improved"] < FOLDS_NEEDED:
+        return 1.0, {"skipped": f"calibration: a fitted temperature would not lower the held-out NLL reliably "
+                                f"(cross-validated NLL {cv['nll_before']:.4f} -> {cv['nll_after']:.4f}, lower "
+                                f"in {cv['folds_improved']} of {cv['folds']} folds, {FOLDS_NEEDED} needed): "
+                                f"T = 1 kept"}
+    t = fit_temperature(probs, y)
+    return t, {**{k: v for k, v in cv.items() if k != "per_fold"}, "temperature": t, "fit_n": int(len(y))}
 
 
 STORED_NUMBERS = ("temperature", "fit_n", "eval_n", "n_bins", "ece_before", "ece_after", "nll_before", "nll_after",
                   "accuracy", "seed")
+CV_NUMBERS = ("folds", "folds_improved")  # in records of a cross-validated fit (older records halved the split)
 
 
 def _is_number(v) -> bool:
@@ -165,7 +240,8 @@ def _is_number(v) -> bool:
 
 def stored_calibration(meta: dict, source: str = "model") -> tuple[float, dict | None]:
     """(temperature, record) from a model's metadata, checked: the record is fit_for_model()'s
-    numbers, {"skipped": reason}, or None for a model saved without one."""
+    numbers (with `folds`, or from a half/half fit in older models), {"skipped": reason}, or None
+    for a model saved without one."""
     t = meta.get("temperature", 1.0)
     if not _is_number(t) or t <= 0:
         raise ImgclfError(f"{source}: temperature: expected a positive number, got {repr(t)[:40]}")
@@ -184,4 +260,7 @@ def stored_calibration(meta: dict, source: str = "model") -> tuple[float, dict |
     if record["temperature"] != t:
         raise ImgclfError(f"{source}: calibration.temperature {record['temperature']:.6g} differs from "
                           f"temperature {t:.6g}")
-    return float(t), {key: record[key] for key in STORED_NUMBERS}
+    for key in CV_NUMBERS:
+        if key in record and not _is_number(record[key]):
+            raise ImgclfError(f"{source}: calibration.{key}: expected a number, got {repr(record[key])[:40]}")
+    return float(t), {key: record[key] for key in STORED_NUMBERS + CV_NUMBERS if key in record}

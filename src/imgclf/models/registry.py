@@ -1,9 +1,10 @@
 """Model registry: `create_model(name, num_classes, input_shape, **options)`, timm-style.
 
 Every model takes RGB pixel values 0..255 (uint8 or float32, NHWC) and starts with a
-Rescaling(1/255) layer (imgclf.models.stem), so a saved model.keras needs no outside
-preprocessing. Models are built with the Functional API from keras layers only, so every Keras
-backend can run them.
+Rescaling layer: 1/255 for imgclf's own nets (imgclf.models.stem), the backbone's own (x/127.5 - 1
+for MobileNetV3) for keras.applications backbones (imgclf.models.applications), so a saved
+model.keras needs no outside preprocessing. Models are built with the Functional API from keras
+layers only, so every Keras backend can run them.
 
 The registry itself imports no Keras: the names and descriptions are declared here, and a
 family's module (one file per family) is imported only when a model is built or its options
@@ -25,6 +26,12 @@ FAMILIES: dict[str, tuple[str, str]] = {
                  "the seed's CNN: 4 conv-BN-ReLU layers, 2 max-pools, dropout, dense softmax"),
     "fastnet": ("imgclf.models.fastnet",
                 "airbench-style fast CNN: patch-whitening stem, 3 conv groups, BN, GELU (the fast recipes)"),
+    "mobilenetv3small": ("imgclf.models.applications",
+                         "keras.applications MobileNetV3-Small backbone (weights: imagenet, a file or none), "
+                         "new dense head"),
+    "mobilenetv3large": ("imgclf.models.applications",
+                         "keras.applications MobileNetV3-Large backbone (weights: imagenet, a file or none), "
+                         "new dense head"),
 }
 _REGISTERED: dict[str, tuple[Callable, str]] = {}  # models added at run time with register_model
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import figures
 from ..errors import ImgclfError
-from ..evaluation.metrics import SET_NAMES, evaluate_arrays
+from ..evaluation.metrics import SET_NAMES, evaluate_arrays, unbalanced
 from . import sections
 from .formatting import format_value, num, pct
 from .sources import (REPORT_NAME, EvalSet, Predict, classifier_predict, keras_predict, read_config,
@@ -50,6 +50,12 @@ class Page:
         self.sections.append(Section(sid, heading, kind, data))
 
 
+def balanced_note(metrics: dict, key: str) -> str:
+    """", balanced accuracy X%" for a set with unbalanced classes (metrics.unbalanced), else ""."""
+    m = metrics.get(key)
+    return f", balanced accuracy {pct(m['balanced_accuracy'])}" if unbalanced({key: m}) else ""
+
+
 def image_sections(page: Page, ev: EvalSet, predict: Predict | None, temperature: float, fit: dict | None,
                    robustness_n: int | None, seed: int) -> None:
     """Gallery, calibration (at the stored `temperature`; `fit`: its stored record) and robustness
@@ -64,8 +70,9 @@ def image_sections(page: Page, ev: EvalSet, predict: Predict | None, temperature
         if fit is not None:
             page.data["calibration_fit"] = fit
         card = fit if fit is not None and "ece_after" in fit else cal  # held-out numbers where there are some
+        kept = "" if fit is None or "skipped" not in fit else " (none fitted: see Calibration)"
         page.cards.append(("ECE after temperature scaling", num(card["ece_after"], 3),
-                           f"before {num(card['ece_before'], 3)}, T = {temperature:.2f}"))
+                           f"before {num(card['ece_before'], 3)}, T = {temperature:.2f}{kept}"))
     except ImgclfError as e:
         page.notes.append(f"calibration skipped: {e}")
     if predict is not None and robustness_n != 0:
@@ -110,7 +117,8 @@ def run_page(folder: Path, page: Page, model=None, data=None, val_probs=None, ro
         page.deadline += max(0.0, BUDGET_FRACTION * page.data["run_seconds"] - BUDGET_SECONDS)
     for key, label in (("val", "validation accuracy"), ("test", "test accuracy")):
         if key in metrics:
-            page.cards.append((label, pct(metrics[key]["accuracy"]), f"loss {num(metrics[key]['loss'])}"))
+            page.cards.append((label, pct(metrics[key]["accuracy"]), f"loss {num(metrics[key]['loss'])}"
+                               + balanced_note(metrics, key)))
     page.add("results", "Results", "results", results=sections.results(metrics))
     if history:
         png = (folder / "learning_curves.png").read_bytes() if (folder / "learning_curves.png").is_file() \
@@ -172,14 +180,19 @@ def evaluation_page(folder: Path, page: Page, ev: EvalSet | None = None, predict
     for key in ("val", "test", "data"):
         if isinstance(metrics.get(key), dict):
             page.cards.append((f"{SET_NAMES[key].lower().replace(' set', '')} accuracy", pct(metrics[key]["accuracy"]),
-                               f"loss {num(metrics[key]['loss'])}, {metrics[key].get('n', '?')} images"))
+                               f"loss {num(metrics[key]['loss'])}, {metrics[key].get('n', '?')} images"
+                               + balanced_note(metrics, key)))
     page.add("results", "Results", "results", results=sections.results(metrics))
+    if metrics.get("tta") and ev is not None:
+        page.notes.append("the results table uses test-time augmentation, as the model records; the gallery, "
+                          "calibration and robustness use single-pass probabilities, as predict and serve return "
+                          "by default")
     if metrics.get("own_training_images") is False:
         page.notes.append("not the model's training images: all of them are reported as held-out data")
     elif ev is not None and ev.name == "val":
         page.notes.append("these are the model's own training images; the calibration section uses its validation "
-                          "split, half of which fitted the stored temperature, so its 'after' numbers are partly "
-                          "in-sample (training measured them on the other half only: metrics.json, calibration)")
+                          "split, which fitted the stored temperature (all of it, or half in older models), so its "
+                          "'after' numbers are in-sample (training's held-out numbers: metrics.json, calibration)")
     class_names = ev.class_names if ev is not None else None
     if class_names is None and metrics.get("model") and Path(metrics["model"]).is_file():
         from ..runtime.modelfile import read_meta

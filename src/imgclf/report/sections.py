@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from .. import figures
-from ..evaluation.metrics import SET_NAMES
+from ..evaluation.metrics import SET_NAMES, unbalanced
 from .formatting import MISSING, format_value, num, pct, secs, set_label
 from .sources import EvalSet
 
@@ -20,13 +20,18 @@ GALLERY_SIZE = 24
 
 
 def results(metrics: dict) -> dict | None:
-    """The seed's results table (loss, accuracy, images per set); None when nothing was recorded."""
+    """The seed's results table (loss, accuracy, images per set), with balanced accuracy and macro-F1
+    under accuracy where the classes are unbalanced (metrics.unbalanced); None when nothing was recorded."""
     present = [k for k in SET_NAMES if isinstance(metrics.get(k), dict) and "accuracy" in metrics[k]]
     if not present:
         return None
     rows = [["Loss"] + [num(metrics[k]["loss"]) for k in present],
-            ["Accuracy"] + [pct(metrics[k]["accuracy"]) for k in present],
-            ["Images"] + [str(metrics[k].get("n", MISSING)) for k in present]]
+            ["Accuracy"] + [pct(metrics[k]["accuracy"]) for k in present]]
+    if unbalanced({k: metrics[k] for k in present}):
+        rows += [[label] + [pct(metrics[k].get(key)) for k in present]
+                 for key, label in (("balanced_accuracy", "Balanced accuracy (mean per-class recall)"),
+                                    ("macro_f1", "Macro-F1"))]
+    rows.append(["Images"] + [str(metrics[k].get("n", MISSING)) for k in present])
     return {"headers": ["Metric"] + [SET_NAMES[k] for k in present], "rows": rows}
 
 
@@ -74,19 +79,27 @@ def calibration(cal: dict, fit: dict | None, set_name: str) -> dict:
     if fit is None:
         how = f"T = {t:.3f} is the model's stored temperature. Below: {where} at T = 1 and at T."
     elif "skipped" in fit:
-        how = (f"No temperature was fitted when the model was trained ({fit['skipped']}), so T = {t:.3f}. "
-               f"Below: {where}.")
+        how = (f"No temperature was fitted when the model was trained, so T = {t:.3f}. Why: "
+               f"{fit['skipped'].removeprefix('calibration: ')}. Below: {where}.")
     else:
-        how = (f"T = {t:.3f} was fitted when the model was trained (minimum NLL on {fit['fit_n']} validation "
-               f"images) and is stored in the model file: predict and serve apply it. Measured then on the other "
-               f"{fit['eval_n']} (a seeded, class-stratified half): ECE {num(fit['ece_before'])} -> "
-               f"{num(fit['ece_after'])}, NLL {num(fit['nll_before'])} -> {num(fit['nll_after'])}. "
-               f"Below: {where} at T = 1 and at the stored T.")
+        if "folds" in fit:  # fitted on the whole split, kept because its cross-validation lowered the NLL
+            how = (f"T = {t:.3f} was fitted when the model was trained (minimum NLL on all {fit['fit_n']} validation "
+                   f"images) and is stored in the model file: predict and serve apply it. It was kept because a "
+                   f"{fit['folds']}-fold cross-validation (each fold's T fitted on the other folds) lowered the "
+                   f"held-out NLL in {fit['folds_improved']} of {fit['folds']} folds; out of fold:")
+            measured, in_sample = "cross-validated", "They fitted T, so their 'after' numbers are in-sample."
+        else:  # models from before cross-validation: fitted on one half, measured on the other
+            how = (f"T = {t:.3f} was fitted when the model was trained (minimum NLL on {fit['fit_n']} validation "
+                   f"images) and is stored in the model file: predict and serve apply it. Measured then on the "
+                   f"other {fit['eval_n']} (a seeded, class-stratified half):")
+            measured, in_sample = "held-out half", "Half of them fitted T, so their 'after' numbers are partly in-sample."
+        how += (f" ECE {num(fit['ece_before'])} -> {num(fit['ece_after'])}, NLL {num(fit['nll_before'])} -> "
+                f"{num(fit['nll_after'])}. Below: {where} at T = 1 and at the stored T.")
         if set_name == "val":
-            how += " Half of them fitted T, so their 'after' numbers are partly in-sample."
-        rows += [[f"ECE, held-out half at training ({fit['eval_n']} images)", num(fit["ece_before"]),
+            how += " " + in_sample
+        rows += [[f"ECE, {measured} at training ({fit['eval_n']} images)", num(fit["ece_before"]),
                   num(fit["ece_after"])],
-                 ["NLL, held-out half at training", num(fit["nll_before"]), num(fit["nll_after"])]]
+                 [f"NLL, {measured} at training", num(fit["nll_before"]), num(fit["nll_after"])]]
     return {"note": f"{how} ECE over {cal['n_bins']} equal-width confidence bins.",
             "headers": ["", "before (T = 1)", f"after (T = {t:.2f})"], "rows": rows,
             "png": figures.figure_png(figures.reliability_figure(cal)),

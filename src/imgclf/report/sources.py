@@ -97,6 +97,7 @@ def run_val_set(cfg: dict, meta: dict | None, notes: list[str], data=None):
     """The run's validation ImageSet and class names: from `data` if given, else reloaded as the
     run's config says; (None, None) with a line in `notes` when that fails."""
     from ..data.dataset import files_hash, load_dataset
+    from ..runtime.modelmeta import OLD_DECODE
 
     if data is None:
         if not cfg.get("data"):
@@ -105,7 +106,8 @@ def run_val_set(cfg: dict, meta: dict | None, notes: list[str], data=None):
         try:
             data = load_dataset(cfg["data"], cfg.get("test_data"), cfg.get("input_size", 32),
                                 cfg.get("resize", "stretch"), cfg.get("val_fraction", 0.1), cfg.get("split_seed", 0),
-                                cfg.get("limit_per_class"), bool(cfg.get("skip_bad_images", False)))
+                                cfg.get("limit_per_class"), bool(cfg.get("skip_bad_images", False)),
+                                decode=(meta or {}).get("decode", OLD_DECODE))
         except ImgclfError as e:
             notes.append(f"validation images not available ({e}): gallery, calibration and robustness are skipped")
             return None, None

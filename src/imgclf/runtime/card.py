@@ -154,8 +154,12 @@ def calibration_rows(meta: dict) -> list[tuple[str, str]]:
     rows = [("temperature T", f"{decimal(t, 3)} (`predict` and `serve` apply it)" if t is not None else "")]
     if "skipped" in cal:
         return rows + [("fit", f"skipped: {cell(cal['skipped'])}")]
-    if "fit_n" in cal or "eval_n" in cal:
-        seed = f" (seed {cell(cal['seed'])})" if "seed" in cal else ""
+    seed = f" (seed {cell(cal['seed'])})" if "seed" in cal else ""
+    if "folds" in cal:  # fitted on the whole split, measured out of fold
+        rows.append(("fitted on", f"all {count(cal.get('fit_n', ''))} validation images; measured by "
+                                  f"{cell(cal['folds'])}-fold cross-validation{seed}, held-out NLL lower in "
+                                  f"{cell(cal.get('folds_improved', ''))} of {cell(cal['folds'])} folds"))
+    elif "fit_n" in cal or "eval_n" in cal:
         rows.append(("fitted on", f"{count(cal.get('fit_n', ''))} validation images{seed}; measured on the other "
                                   f"{count(cal.get('eval_n', ''))}"))
     bins = f" ({cell(cal['n_bins'])} bins)" if "n_bins" in cal else ""
@@ -166,7 +170,8 @@ def calibration_rows(meta: dict) -> list[tuple[str, str]]:
         rows.append(("negative log-likelihood, before -> after T",
                      f"{decimal(cal.get('nll_before', ''), 3)} -> {decimal(cal.get('nll_after', ''), 3)}"))
     if "accuracy" in cal:
-        rows.append(("accuracy on the measured half (single pass)", percent(cal["accuracy"])))
+        measured = "the validation split" if "folds" in cal else "the measured half"
+        rows.append((f"accuracy on {measured} (single pass)", percent(cal["accuracy"])))
     return rows
 
 

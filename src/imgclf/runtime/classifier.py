@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ImgclfError
 from ..data.images import check_regular_file, is_image_file, to_rgb
+from .modelmeta import OLD_DECODE
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     if temperature == 1.0:
@@ -50,6 +51,7 @@ class Classifier:
         self.class_names: list[str] = list(meta["class_names"])
         self.input_size = int(meta["input_size"])
         self.resize: str = meta["resize"]
+        self.decode: str = meta.get("decode", OLD_DECODE)  # images.to_rgb's decode rule
         self.temperature = float(meta.get("temperature", 1.0))
         self.tta_translate = int(meta.get("tta_translate", 0))  # the TTA the model was evaluated with
 
@@ -77,8 +79,9 @@ class Classifier:
 
     def load_images(self, sources) -> np.ndarray:
         size = self.input_size
-        return np.stack([to_rgb(s, (size, size), self.resize) for s in sources]) if len(sources) else \
-            np.zeros((0, size, size, 3), np.uint8)
+        if not len(sources):
+            return np.zeros((0, size, size, 3), np.uint8)
+        return np.stack([to_rgb(s, (size, size), self.resize, self.decode) for s in sources])
 
 def top_k(probs: np.ndarray, class_names: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
     k = min(k, probs.shape[1])

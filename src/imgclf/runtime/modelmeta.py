@@ -17,7 +17,7 @@ import math
 import os
 
 from ..errors import ImgclfError
-from ..data.images import MAX_PIXELS, RESIZE_RULES
+from ..data.images import DECODE_RULES, MAX_PIXELS, RESIZE_RULES
 from ..data.names import class_name_problem
 
 MAX_META_BYTES = 1_000_000  # imgclf.json / the ONNX 'imgclf' string
@@ -26,6 +26,7 @@ MAX_CLASSES = 100_000
 MAX_INPUT_SIZE = math.isqrt(MAX_PIXELS)  # a larger square input could not come from an allowed image
 TEMPERATURE_RANGE = (1e-3, 1e3)  # calibration fits within (0.05, 20); beyond this softmax(log p / T) degenerates
 SHOW = 60  # characters of a bad value quoted in a message
+OLD_DECODE = "full"  # the decode rule of a model whose metadata names none (made before there was a choice)
 
 
 def max_model_bytes() -> int:
@@ -93,13 +94,17 @@ def _class_names(value, where: str) -> None:
 
 
 def _split(value, where: str) -> None:
-    """The validation split record that `evaluate` reads (all of it optional)."""
+    """The validation split record that `evaluate` reads (all of it optional): carved out of the
+    training images (seed, val_fraction) or a folder beside train/ (val_folder)."""
     if not isinstance(value, dict):
         raise _bad(where, "split", "an object", value)
     checks = {
         "source": (lambda v: isinstance(v, str) and 0 < len(v) <= 4096, "a dataset path or name"),
         "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an integer from 0 to 2**32-1"),
         "val_fraction": (lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
+        "val_source": (lambda v: v in ("carved", "folder"), "'carved' or 'folder'"),
+        "val_folder": (lambda v: isinstance(v, str) and 0 < len(v) <= 255 and "/" not in v and v not in (".", ".."),
+                       "a folder name"),
         "limit_per_class": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
         "train_files_hash": (lambda v: isinstance(v, str) and len(v) <= 256, "a hash string"),
         "val_files_hash": (lambda v: isinstance(v, str) and len(v) <= 256, "a hash string"),
@@ -138,6 +143,8 @@ def validate_meta(meta, where: str) -> dict:
     _int_in(meta, where, "input_size", 1, MAX_INPUT_SIZE)
     if not isinstance(meta["resize"], str) or meta["resize"] not in RESIZE_RULES:
         raise _bad(where, "resize", f"one of {', '.join(RESIZE_RULES)}", meta["resize"])
+    if "decode" in meta and (not isinstance(meta["decode"], str) or meta["decode"] not in DECODE_RULES):
+        raise _bad(where, "decode", f"one of {', '.join(DECODE_RULES)}", meta["decode"])
     t = meta.get("temperature", 1.0)
     lo, hi = TEMPERATURE_RANGE
     if not _is_number(t) or not math.isfinite(t) or not lo <= t <= hi:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError
+from ..progress import progress_bar
 from ..data.images import IMAGE_EXTENSIONS, check_regular_file, is_image_file
 from .classifier import expand_paths, top_k
 from .load import load_classifier
@@ -32,16 +33,21 @@ def check_inputs(paths) -> None:
             raise DataError(f"{p}: no such file or folder")
 
 
-def predict(model: str | Path, paths, k: int = 5, batch_size: int = 256, tta: bool = False) -> list[dict]:
-    """[{"file": ..., "top": [(class, probability), ...]}] for every image in `paths`."""
+def predict(model: str | Path, paths, k: int = 5, batch_size: int = 256, tta: bool = False,
+            progress: bool | None = None) -> list[dict]:
+    """[{"file": ..., "top": [(class, probability), ...]}] for every image in `paths`.
+
+    `progress`: a bar on stderr for many images (imgclf.progress); None: if stderr is a terminal."""
     clf = load_classifier(model)
     check_inputs(paths)  # before expand_paths, which would skip or open odd entries
     files = expand_paths(paths)
     out = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
-        probs = clf.predict_proba(clf.load_images(chunk), tta=tta)
-        out.extend({"file": str(f), "top": t} for f, t in zip(chunk, top_k(probs, clf.class_names, k)))
+    with progress_bar(len(files), "predict", progress) as bar:
+        for i in range(0, len(files), batch_size):
+            chunk = files[i:i + batch_size]
+            probs = clf.predict_proba(clf.load_images(chunk), tta=tta)
+            out.extend({"file": str(f), "top": t} for f, t in zip(chunk, top_k(probs, clf.class_names, k)))
+            bar.update(len(chunk))
     return out
 
 

@@ -1,6 +1,7 @@
 """Training callbacks: the learning-rate schedule (by steps or by wall time), airbench's lookahead,
-an EMA swap that is safe on JAX, and the run state that makes `--resume` exact (history CSV,
-dropout RNG state, best weights)."""
+an EMA swap that is safe on JAX, the run state that makes `--resume` exact (history CSV,
+dropout RNG state, best weights), the progress bar of a time-budgeted run, and early stopping
+that says which epoch it kept."""
 
 from __future__ import annotations
 
@@ -79,6 +80,65 @@ class Schedule(keras.callbacks.Callback):
         self.images_seen += max(0, min(bs, self.n_train - batch * bs)) if self.n_train else bs
         if self.cfg.time_budget and self.progress(batch) >= 1.0:
             self.model.stop_training = True
+
+
+def clock_text(seconds: float) -> str:
+    """Seconds as m:ss, or h:mm:ss from an hour on."""
+    h, rest = divmod(max(0, int(round(seconds))), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class BudgetProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar for a time-budgeted run, each epoch headed by the time used and left of
+    the budget instead of "Epoch 5/10000" (the epoch count of such a run is open-ended). fit() uses
+    it in place of its own ProgbarLogger, with fit's `verbose`."""
+
+    def __init__(self, schedule: Schedule, clock=None):
+        super().__init__()
+        self.schedule, self.clock = schedule, clock  # clock: the schedule's (time.perf_counter) unless given
+        self.epochs_done = 0
+
+    def budget_text(self) -> str:
+        budget = round(self.schedule.cfg.time_budget)
+        used = math.floor((self.clock or time.perf_counter)() - self.schedule.start)  # used + left = budget
+        return f"{clock_text(used)} of the {clock_text(budget)} time budget used, {clock_text(budget - used)} left"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: {self.budget_text()}", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.epochs_done = epoch + 1
+
+    def on_train_end(self, logs=None):
+        if self.verbose:
+            print(f"training ended after epoch {self.epochs_done}: {self.budget_text()}", flush=True)
+
+
+class EarlyStop(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping on val_accuracy (strictly higher is better, as RunState's best). A run
+    it stops keeps the run's best epoch, not the last: the trainer has RunState save the best
+    weights (which survive --resume) and loads them; `outcome` says what was kept."""
+
+    def __init__(self, patience: int):
+        super().__init__("val_accuracy", patience=patience, mode="max")
+        self.last = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.last = (logs or {}).get("val_accuracy")
+
+    def outcome(self, best: dict, epochs: int | None = None) -> str:
+        """One line: when it stopped, the epoch kept (`best`: RunState's best.json) and the last one's."""
+        of = f" of {epochs}" if epochs else ""
+        last = f"; the last had {self.last:.4f}" if self.last is not None else ""
+        return (f"early stopping: no gain in val_accuracy for {self.patience} epochs, stopped after epoch "
+                f"{self.stopped_epoch + 1}{of}; kept the run's best, epoch {best['epoch']} (val_accuracy "
+                f"{best['val_accuracy']:.4f}){last}")
 
 
 class Lookahead(keras.callbacks.Callback):

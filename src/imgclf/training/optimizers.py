@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from ..config import TrainConfig
-from ..models.registry import create_model
+from .finetune import build_model, scale_backbone_lr
 
 
 class BiasScaledSGD(keras.optimizers.SGD):
@@ -34,8 +34,7 @@ class BiasScaledSGD(keras.optimizers.SGD):
 
 
 def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
-    model = create_model(cfg.model, num_classes, (cfg.input_size, cfg.input_size, 3), precision=cfg.precision,
-                         **cfg.model_options)
+    model = build_model(cfg, num_classes)  # the registry's cfg.model, or init_from's backbone with a new head
     common = dict(learning_rate=cfg.learning_rate, use_ema=cfg.ema, ema_momentum=cfg.ema_momentum,
                   weight_decay=cfg.weight_decay or None)
     if cfg.optimizer == "sgd" and cfg.bias_lr_scale != 1.0:
@@ -44,6 +43,7 @@ def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
         optimizer = keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
     else:
         optimizer = keras.optimizers.AdamW(**{**common, "weight_decay": cfg.weight_decay})
+    optimizer = scale_backbone_lr(optimizer, model, cfg.backbone_lr_scale)
     if cfg.label_smoothing:  # the sparse loss has no label smoothing: one-hot targets instead
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]

@@ -36,9 +36,11 @@ from ..fileio import write_json
 from ..models.registry import init_from_data
 from ..runtime.classifier import tta_views
 from ..runtime.modelfile import save_model
+from . import finetune
 from .batches import Batches
-from .callbacks import Lookahead, RunState, Schedule, SwapEMA
+from .callbacks import BudgetProgress, EarlyStop, Lookahead, RunState, Schedule, SwapEMA
 from .optimizers import build_compiled_model
+from .plan import explicit_fields, plan_config
 
 
 @dataclass
@@ -66,7 +68,7 @@ def model_meta(cfg: TrainConfig, data: Dataset, model: keras.Model) -> dict:
     return {
         "imgclf_version": __version__, "keras_version": keras.__version__, "backend": keras.backend.backend(),
         "model": cfg.model, "recipe": cfg.recipe, "class_names": data.class_names,
-        "input_size": cfg.input_size, "resize": cfg.resize, "temperature": 1.0,
+        "input_size": cfg.input_size, "resize": cfg.resize, "decode": data.train.decode, "temperature": 1.0,
         "split": {**data.split, "limit_per_class": cfg.limit_per_class},
         "params": int(model.count_params()),
     }
@@ -95,6 +97,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         cfg = make_config(**{**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
     else:
         cfg = make_config(config, **overrides)
+    cfg = finetune.resolve(cfg)  # init_from: the file checked, its sha256 recorded in the run's config
 
     if cfg.tensorboard:
         import importlib.util
@@ -102,17 +105,26 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         if importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("tensorboard: --tensorboard needs the tensorboard package (pip install tensorboard)")
     t_start = time.perf_counter()
+    if cfg.recipe == "auto" and not cfg.plan and cfg.data and resume is None:  # a resumed run keeps its plan
+        cfg = plan_config(cfg, explicit_fields(config, overrides), verbose=bool(verbose))
     # Load (and check) the data before anything is written: bad input leaves no run directory.
     data = load_dataset(cfg.data, cfg.test_data, cfg.input_size, cfg.resize, cfg.val_fraction,
-                        cfg.split_seed, cfg.limit_per_class, cfg.skip_bad_images)
+                        cfg.split_seed, cfg.limit_per_class, cfg.skip_bad_images,
+                        progress=None if verbose else False)
     load_seconds = time.perf_counter() - t_start
     num_classes = len(data.class_names)
+    from ..data.summary import summarize
+
+    data_summary = summarize(data)  # split sizes, classes, image sizes (headers of a sample), skipped files
+    if verbose:
+        print(data_summary, flush=True)
 
     _set_determinism(cfg)
     model = build_compiled_model(cfg, num_classes)
     # data-dependent init (fastnet's whitening layer), from an evenly spaced sample: deterministic,
     # so a resumed run computes the same filters (and BackupAndRestore restores them anyway)
-    init_from_data(model, data.train.images(np.arange(0, len(data.train), max(1, len(data.train) // 5000))))
+    if not cfg.init_from:  # a fine-tuned backbone keeps the whitening filters it was trained with
+        init_from_data(model, data.train.images(np.arange(0, len(data.train), max(1, len(data.train) // 5000))))
 
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     if resume is None:
@@ -129,7 +141,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     epochs = cfg.epochs if not cfg.time_budget else 10_000
 
     cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True, delete_checkpoint=False),
-           RunState(run_dir, train_batches, cfg.keep_best),
+           RunState(run_dir, train_batches, cfg.keep_best or bool(cfg.early_stopping)),
            Schedule(cfg, len(train_batches), len(data.train), start=t_start)]
     schedule = cbs[-1]
     if cfg.lookahead_start:
@@ -137,9 +149,12 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     if cfg.ema:
         cbs.append(SwapEMA(swap_on_epoch=True))
     if cfg.early_stopping:
-        cbs.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping, mode="max"))
+        cbs.append(EarlyStop(cfg.early_stopping))
+    if cfg.time_budget:
+        cbs.append(BudgetProgress(schedule))  # time used and left, not "Epoch 5/10000"
     if cfg.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    cbs.extend(finetune.callbacks(cfg, model))  # freeze_epochs: the backbone frozen, then trained
     cbs.extend(callbacks)
 
     t_fit = time.perf_counter()
@@ -151,21 +166,26 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
 
     chosen = "final"
     best_json = run_dir / "backup" / "best.json"
-    if cfg.keep_best and best_json.exists():
+    stopped = next((c for c in cbs if isinstance(c, EarlyStop) and c.stopped_epoch), None)  # keeps the best too
+    if (cfg.keep_best or stopped) and best_json.exists():
         model.load_weights(run_dir / "backup" / "best.weights.h5")
         chosen = f"best (epoch {json.loads(best_json.read_text())['epoch']})"
+        if stopped and verbose:
+            print(stopped.outcome(json.loads(best_json.read_text()), None if cfg.time_budget else cfg.epochs))
     precision = model.dtype_policy.name  # "auto" resolved
-    if precision != "float32" or cfg.bias_lr_scale != 1.0:
+    if precision != "float32" or cfg.bias_lr_scale != 1.0 or cfg.backbone_lr_scale != 1.0:
         # evaluate and save a float32 model compiled with Keras' own SGD: portable (no imgclf class
         # in the file), and what users will run. Variables are float32 under every mixed policy,
         # so the copy is exact.
         trained = model
-        model = build_compiled_model(dataclasses.replace(cfg, precision="float32", bias_lr_scale=1.0), num_classes)
+        model = build_compiled_model(dataclasses.replace(cfg, precision="float32", bias_lr_scale=1.0,
+                                                         backbone_lr_scale=1.0), num_classes)
         model.set_weights(trained.get_weights())
 
-    from ..evaluation.metrics import evaluate_arrays, results_table, write_evaluation  # matplotlib/sklearn: imported late
+    from ..evaluation.metrics import SCORE_KEYS, evaluate_arrays, results_table, write_evaluation  # imported late
 
     meta = model_meta(cfg, data, model)
+    meta.update(finetune.meta_fields(cfg))  # init_from: the file (name or path, sha256) and its model
     history = list(csv.DictReader(open(run_dir / "history.csv", newline="")))
     sets = {"train": data.train, "val": data.val}
     if data.test is not None and evaluate_test:
@@ -173,12 +193,15 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     def predict(images: ImageSet, tta: bool) -> np.ndarray:
         if not tta:
             return model.predict(Batches(images, 256, num_classes), verbose=0)
-        # test-time augmentation, the same views and weights as Classifier.predict_proba(tta=True)
+        # test-time augmentation, the same views and weights as Classifier.predict_proba(tta=True); batch by
+        # batch (the same numbers as model.predict on the array, without the tf.data pipeline whose rewrite
+        # under op determinism logs "E0000 ... use_unbounded_threadpool" on every run)
         chunks = []
         for start in range(0, len(images), 2048):
             x = images.images(np.arange(start, min(start + 2048, len(images))))
-            chunks.append(sum(w * model.predict(np.ascontiguousarray(v, dtype=np.float32), batch_size=256, verbose=0)
-                              for w, v in tta_views(x, cfg.tta_translate)))
+            chunks.append(sum(w * np.concatenate([np.asarray(model.predict_on_batch(
+                np.ascontiguousarray(v[i:i + 256], dtype=np.float32))) for i in range(0, len(v), 256)])
+                for w, v in tta_views(x, cfg.tta_translate)))
         return np.concatenate(chunks)
 
     # validation first: seconds.to_final_val is when the final model's validation accuracy is known
@@ -197,7 +220,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     meta["temperature"], meta["calibration"] = calibration.fit_for_model(val_single, data.val.y, seed=cfg.split_seed)
     epoch_seconds = [float(r["epoch_seconds"]) for r in history]
     metrics = {
-        **{name: {"loss": r["loss"], "accuracy": r["accuracy"], "n": r["n"]} for name, r in results.items()},
+        **{name: {k: r[k] for k in ("loss", "accuracy", "n", *SCORE_KEYS)} for name, r in results.items()},
         "weights": chosen, "epochs_run": len(history),
         "seconds": {"data_load": load_seconds, "fit": fit_seconds, "per_epoch_mean": float(np.mean(epoch_seconds)),
                     "to_final_val": to_final_val, "total": time.perf_counter() - t_start},
@@ -217,6 +240,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     meta["tta_translate"] = cfg.tta_translate
     model_path = save_model(model, run_dir / "model.keras", meta)
     write_evaluation(run_dir, results["val"], data.class_names, "val")
+    metrics["data_summary"] = data_summary.to_dict()
     write_json(run_dir / "metrics.json", metrics)
     from ..figures import plot_learning_curves
 

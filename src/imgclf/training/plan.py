@@ -1,0 +1,209 @@
+"""The auto recipe's plan: a config that fits the folder and the time budget, fixed before training.
+
+`--recipe auto` (recipes/auto.yaml) starts from the fast recipes' shared settings and leaves the
+rest to `make_plan`, which looks at the data and the hardware once:
+
+  data      training images, classes, the median image side, the class imbalance
+  hardware  a numpy matmul rate, measured in a fraction of a second
+
+and chooses, for every field the user did not set:
+
+  input_size   32 px for images whose median short side is small, else 64 px
+  model        the fast recipes' fastnet: fast80's narrow net when the set is large (each
+               epoch already sees many images), else the widest net that fits the epochs
+               wanted into the budget
+  epochs       as many passes as the set's size calls for (fewer for a larger set), cut to what
+               the estimated speed fits into the budget (10 minutes by default, --time-budget)
+  schedule     the warmup scaled with the number of epochs; keep_best on; a smaller batch for
+               a set too small for MIN_STEPS steps an epoch
+  class_weight balanced when the largest class is over 3x the smallest
+
+The plan is a fixed number of epochs, not a clock: the run is deterministic, the plan is written
+into the run's config.yaml (field `plan`) and `--resume` reuses it instead of planning again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_BUDGET = 600.0  # seconds of training when no --time-budget is given
+TRAIN_SHARE = 0.85  # of the budget, the part planned for training steps (the rest: evaluation, saving)
+EFFICIENCY = 0.6  # fastnet training FLOP/s as a fraction of the float32 matmul rate (a little below measured)
+NARROW = [32, 64, 128]  # fast80's net
+WIDTHS = ([64, 256, 256], [64, 128, 256], NARROW)  # widest first: fast94's, budget's, fast80's
+LARGE_SET = 20_000  # training images from which the narrow net is chosen
+SEEN_IMAGES = 200_000  # images seen in training that the epoch count aims at
+EPOCH_RANGE = (4, 80)
+MIN_STEPS = 10  # training steps per epoch below which a small set gets a smaller batch
+UNBALANCED = 3.0  # largest / smallest class above which the loss is class-weighted
+WARMUP_SHARE = {"fast80": 0.2, "fast94": 0.23}  # warmup_epochs / epochs of the recipe a plan starts from
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the planner needs to know about the data."""
+
+    n_train: int
+    n_classes: int
+    median_side: int  # median of the images' shorter sides, in pixels
+    imbalance: float  # largest class / smallest class
+
+
+def matmul_rate(n: int = 1024, repeats: int = 4) -> float:
+    """FLOP/s of a float32 numpy matmul on this machine (the best of a few tries)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a  # warm up the BLAS threads
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / max(best, 1e-9)
+
+
+def wanted_epochs(n_train: int) -> int:
+    """Epochs for a set of n_train images: about SEEN_IMAGES images seen, within EPOCH_RANGE."""
+    lo, hi = EPOCH_RANGE
+    return int(min(hi, max(lo, math.ceil(SEEN_IMAGES / max(n_train, 1)))))
+
+
+def choose_input_size(median_side: int) -> int:
+    return 32 if median_side < 48 else 64
+
+
+def make_plan(facts: Facts, explicit: set[str], budget: float | None, train_flops: callable,
+              rate: float | None = None) -> dict:
+    """The planned field values (only fields not in `explicit`) and their summary under "plan".
+
+    `train_flops(widths, input_size)` gives the training FLOPs per image of fastnet with those
+    widths; `rate` is the matmul FLOP/s (measured if None)."""
+    budget = float(budget or DEFAULT_BUDGET)
+    rate = rate or matmul_rate()
+    values: dict = {}
+    size = choose_input_size(facts.median_side) if "input_size" not in explicit else None
+    planned_size = size or 0
+    if size is not None:
+        values["input_size"] = size
+    want = wanted_epochs(facts.n_train)
+    seconds = budget * TRAIN_SHARE
+
+    def epoch_seconds(widths) -> float:
+        return facts.n_train * train_flops(widths, planned_size or 32) / (EFFICIENCY * rate)
+
+    base = "fast80" if facts.n_train >= LARGE_SET else "fast94"
+    if "model_options" in explicit or "model" in explicit:
+        widths = None
+    elif base == "fast80":
+        widths = NARROW
+    else:
+        widths = next((w for w in WIDTHS if want * epoch_seconds(w) <= seconds), NARROW)
+    est = epoch_seconds(widths or NARROW)
+    epochs = max(1, min(want, int(seconds // max(est, 1e-9))))
+    if widths is not None:
+        values["model_options"] = {"widths": list(widths), "logit_scale": 1 / 9}
+    if "epochs" not in explicit:
+        values["epochs"] = epochs
+    else:
+        epochs = None
+    if epochs and "warmup_epochs" not in explicit:
+        values["warmup_epochs"] = round(WARMUP_SHARE[base] * epochs, 3)
+    if base == "fast94":
+        for name, value in (("bias_lr_scale", 64.0), ("warmup_start_fraction", 0.2),
+                            ("final_lr_fraction", 0.07), ("lookahead_start", 0.3), ("precision", "auto")):
+            if name not in explicit:
+                values[name] = value
+    if facts.n_train < MIN_STEPS * 256 and "batch_size" not in explicit:  # at least MIN_STEPS steps an epoch
+        values["batch_size"] = max(16, 2 ** int(math.log2(max(facts.n_train // MIN_STEPS, 1))))
+    if facts.imbalance > UNBALANCED and "class_weight" not in explicit:
+        values["class_weight"] = "balanced"
+    values["time_budget"] = None  # spent by the plan: the run is a fixed number of epochs
+    values["plan"] = {
+        "images": facts.n_train, "classes": facts.n_classes, "median_side": facts.median_side,
+        "imbalance": round(facts.imbalance, 2), "budget_seconds": budget, "matmul_gflops": round(rate / 1e9, 1),
+        "starts_from": base, "estimated_epoch_seconds": round(est, 1),
+        "text": describe(facts, values, base),
+    }
+    return values
+
+
+def describe(facts: Facts, values: dict, base: str) -> str:
+    """The plan in one line, e.g. "2,882 images in 10 classes (median side 400 px, largest class 7.1x the
+    smallest): fastnet 64/256/256 at 64 px, 40 epochs from fast94's settings, flip + translate,
+    class-weighted, best epoch kept"."""
+    widths = (values.get("model_options") or {}).get("widths")
+    net = "fastnet " + "/".join(map(str, widths)) if widths else "the configured network"
+    size = f" at {values['input_size']} px" if "input_size" in values else ""
+    epochs = f"{values['epochs']} epochs" if "epochs" in values else "the configured epochs"
+    weighted = ", class-weighted" if values.get("class_weight") == "balanced" else ""
+    return (f"{facts.n_train:,} images in {facts.n_classes} classes (median side {facts.median_side} px, "
+            f"largest class {facts.imbalance:.1f}x the smallest): {net}{size}, {epochs} from {base}'s "
+            f"settings, flip + translate{weighted}, best epoch kept")
+
+
+def data_facts(data: str, limit_per_class: int | None = None, val_fraction: float = 0.1,
+               skip_bad: bool = False, sample: int = 200) -> Facts:
+    """Facts about a dataset from its file list and a seeded sample of image headers (nothing decoded).
+
+    Bad folders raise the same DataError that loading them would."""
+    from pathlib import Path
+
+    from ..data.dataset import find_val_folder, is_cifar_source, list_folder
+    from ..data.summary import header_size
+
+    if is_cifar_source(data):  # the official archive: 5,000 32x32 images per class, 10 classes
+        n = 10 * min(5000, limit_per_class or 5000)
+        return Facts(round(n * (1 - val_fraction)), 10, 32, 1.0)
+    root = Path(data)
+    val_folder = find_val_folder(root) if (root / "train").is_dir() else None
+    train_root = root / "train" if (root / "train").is_dir() else root
+    files, labels, names = list_folder(train_root, skip_bad, limit_per_class)
+    counts = np.bincount(labels, minlength=len(names))
+    n_train = len(files) if val_folder is not None else round(len(files) * (1 - val_fraction))
+    pick = np.sort(np.random.default_rng(0).choice(len(files), size=min(sample, len(files)), replace=False))
+    sides = [min(s) for s in (header_size(train_root / files[i]) for i in pick) if s is not None]
+    median_side = int(np.median(sides)) if sides else 32
+    return Facts(n_train, len(names), median_side, float(counts.max() / max(counts.min(), 1)))
+
+
+def fastnet_train_flops(num_classes: int):
+    """train_flops(widths, input_size) for make_plan: fastnet built (not trained) and counted."""
+    from ..models.flops import count_flops
+    from ..models.registry import create_model
+
+    def flops(widths, input_size: int) -> float:
+        model = create_model("fastnet", num_classes, (input_size, input_size, 3), widths=list(widths),
+                             logit_scale=1 / 9)
+        return float(count_flops(model)["train"])
+
+    return flops
+
+
+def explicit_fields(config, overrides: dict) -> set[str]:
+    """The config fields the user set: keyword overrides, the fields of a config file, or the fields
+    of a TrainConfig that differ from the auto recipe's."""
+    from ..config import TrainConfig, make_config, read_config_file
+
+    explicit = {name for name, value in overrides.items() if value is not None}
+    if isinstance(config, TrainConfig):
+        auto = make_config(recipe="auto").to_dict()
+        explicit |= {name for name, value in config.to_dict().items() if value != auto.get(name)}
+    elif config is not None:
+        explicit |= set(read_config_file(config))
+    return explicit - {"recipe", "plan"}
+
+
+def plan_config(cfg, explicit: set[str], verbose: bool = True):
+    """The auto recipe's config for cfg.data: cfg with the planned values (see make_plan)."""
+    from ..config import make_config
+
+    if cfg.init_from:  # the network comes from that file: plan the rest around it
+        explicit = explicit | {"model", "model_options"}
+    facts = data_facts(cfg.data, cfg.limit_per_class, cfg.val_fraction, cfg.skip_bad_images)
+    values = make_plan(facts, explicit, cfg.time_budget, fastnet_train_flops(facts.n_classes))
+    if verbose:
+        print(f"plan: {values['plan']['text']}", flush=True)
+    return make_config(**{**cfg.to_dict(), **values})
