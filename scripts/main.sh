@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, then train the seed recipe, evaluate and save.
+# The main job on a fresh machine: set up, then train the default (the auto plan), evaluate and save.
+# `bash scripts/main.sh DATA --recipe seed` trains the course project's CNN instead.
 # Usage: bash scripts/main.sh [DATA] [extra `imgclf train` flags...]
 #   DATA: an image folder, a CIFAR-10 archive/folder, or "cifar10" (downloads the official archive).
 #   Default: $IMGCLF_DATA, else ../shared/datasets/cifar10-jpeg if present, else cifar10.

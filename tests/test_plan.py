@@ -14,17 +14,20 @@ from imgclf.training import plan
 from imgclf.training.plan import Facts, data_facts, make_plan
 
 
-def flops(widths, input_size):
-    """Training FLOPs per image, proportional to width^2 and pixels (a stand-in for fastnet's count)."""
-    return 1e6 * sum(w * w for w in widths) / 1000 * (input_size / 32) ** 2
+def speed(rate):
+    """image_seconds on a machine of `rate` FLOP/s: FLOPs per image proportional to width^2 and pixels."""
+    def image_seconds(widths, input_size, batch_size, precision):
+        widths = widths or [64, 64, 64]
+        return 1e6 * sum(w * w for w in widths) / 1000 * (input_size / 32) ** 2 / rate
+    return image_seconds
 
 
-FAST = 1e13  # FLOP/s: a machine on which every net fits
-SLOW = 1e9
+FAST = speed(1e13)  # a machine on which every net fits
+SLOW = speed(1e9)
 
 
 def test_a_large_set_of_small_images_gets_the_narrow_net_at_32_px():
-    values = make_plan(Facts(45_000, 10, 32, 1.0), set(), 300, flops, rate=FAST)
+    values = make_plan(Facts(45_000, 10, 32, 1.0), set(), 300, FAST)
     assert values["input_size"] == 32 and values["model_options"]["widths"] == plan.NARROW
     assert values["epochs"] == plan.wanted_epochs(45_000) == 5
     assert values["warmup_epochs"] == pytest.approx(0.2 * 5) and values["time_budget"] is None
@@ -34,26 +37,46 @@ def test_a_large_set_of_small_images_gets_the_narrow_net_at_32_px():
 
 def test_a_small_unbalanced_photo_set_gets_64_px_the_widest_net_that_fits_and_class_weights():
     facts = Facts(3_000, 10, 400, 7.1)
-    fast = make_plan(facts, set(), 600, flops, rate=FAST)
+    fast = make_plan(facts, set(), 600, FAST)
     assert fast["input_size"] == 64 and fast["model_options"]["widths"] == list(plan.WIDTHS[0])
     assert fast["epochs"] == plan.wanted_epochs(3_000) and fast["class_weight"] == "balanced"
     assert fast["bias_lr_scale"] == 64.0 and fast["plan"]["starts_from"] == "fast94"
-    slow = make_plan(facts, set(), 600, flops, rate=SLOW)  # nothing fits: the narrow net, fewer epochs
+    slow = make_plan(facts, set(), 600, SLOW)  # nothing fits: the narrow net, fewer epochs
     assert slow["model_options"]["widths"] == plan.NARROW and 1 <= slow["epochs"] < fast["epochs"]
-    longer = make_plan(facts, set(), 6000, flops, rate=SLOW)
+    longer = make_plan(facts, set(), 6000, SLOW)
     assert longer["epochs"] > slow["epochs"]  # a larger budget buys more epochs
 
 
 def test_fields_the_user_set_are_not_planned():
     values = make_plan(Facts(3_000, 10, 400, 7.1), {"epochs", "input_size", "class_weight", "model_options"},
-                       600, flops, rate=FAST)
+                       600, FAST)
     assert not {"epochs", "input_size", "class_weight", "model_options", "warmup_epochs"} & set(values)
     assert "the configured epochs" in values["plan"]["text"]
 
 
 def test_a_set_too_small_for_ten_steps_gets_a_smaller_batch():
-    assert make_plan(Facts(500, 3, 64, 1.0), set(), 60, flops, rate=FAST)["batch_size"] == 32
-    assert "batch_size" not in make_plan(Facts(5_000, 3, 64, 1.0), set(), 60, flops, rate=FAST)
+    assert make_plan(Facts(500, 3, 64, 1.0), set(), 60, FAST)["batch_size"] == 32
+    assert "batch_size" not in make_plan(Facts(5_000, 3, 64, 1.0), set(), 60, FAST)
+
+
+def test_the_probe_times_real_training_steps_of_the_configured_model():
+    from imgclf.config import make_config
+
+    cfg = make_config(recipe="auto", input_size=16, batch_size=8)
+    seconds = plan.step_probe(cfg, 3, steps=2)
+    assert 0 < seconds < 60  # per image; a bound that only catches a unit mistake
+    calls = []
+    real = plan.step_probe
+    try:
+        plan.step_probe = lambda c, n, steps=plan.PROBE_STEPS: calls.append((c.model, c.model_options["widths"],
+                                                                            c.input_size, c.batch_size)) or 1e-3
+        image_seconds = plan.probed_image_seconds(cfg, 3)
+        narrow = image_seconds(plan.NARROW, 32, 64, "float32")
+        wide = image_seconds([64, 256, 256], 32, 64, "float32")
+    finally:
+        plan.step_probe = real
+    assert calls == [("fastnet", plan.NARROW, 32, 64)]  # one probe, of fast80's net; wider nets by FLOPs
+    assert narrow == 1e-3 and wide > 3 * narrow
 
 
 def make_photos(root, counts, size=(120, 90)):
@@ -89,8 +112,8 @@ def test_imgclf_train_plans_by_default_records_the_plan_and_resume_keeps_it(tmp_
     meta = imgclf.load_model(run / "model.keras")[1]
     assert meta["recipe"] == "auto" and meta["input_size"] == 64
     assert "plan: 32 images in 2 classes (median side 90 px, largest class 1.0x the smallest): fastnet" in out
-    # a run resumed from its config.yaml is not planned again, even on a machine ten times slower
-    monkeypatch.setattr(plan, "matmul_rate", lambda *a, **k: pytest.fail("planned again on resume"))
+    # a run resumed from its config.yaml is not planned (nor probed) again
+    monkeypatch.setattr(plan, "step_probe", lambda *a, **k: pytest.fail("planned again on resume"))
     (run / "model.keras").unlink()
     again = imgclf.train(resume=run, verbose=0, report=False)
     assert again.config.plan == cfg["plan"] and again.config.epochs == 1

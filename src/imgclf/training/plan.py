@@ -4,7 +4,8 @@
 rest to `make_plan`, which looks at the data and the hardware once:
 
   data      training images, classes, the median image side, the class imbalance
-  hardware  a numpy matmul rate, measured in a fraction of a second
+  hardware  the time of a few real training steps of fast80's net at the planned input size
+            (seconds; wider nets are timed by their FLOPs relative to it)
 
 and chooses, for every field the user did not set:
 
@@ -32,7 +33,8 @@ import numpy as np
 
 DEFAULT_BUDGET = 600.0  # seconds of training when no --time-budget is given
 TRAIN_SHARE = 0.85  # of the budget, the part planned for training steps (the rest: evaluation, saving)
-EFFICIENCY = 0.6  # fastnet training FLOP/s as a fraction of the float32 matmul rate (a little below measured)
+PROBE_STEPS = 3  # timed training steps (after one untimed step that builds the graph)
+EPOCH_OVERHEAD = 1.5  # an epoch's time over the probe's bare steps: augmentation, validation, checkpoints
 NARROW = [32, 64, 128]  # fast80's net
 WIDTHS = ([64, 256, 256], [64, 128, 256], NARROW)  # widest first: fast94's, budget's, fast80's
 LARGE_SET = 20_000  # training images from which the narrow net is chosen
@@ -53,16 +55,27 @@ class Facts:
     imbalance: float  # largest class / smallest class
 
 
-def matmul_rate(n: int = 1024, repeats: int = 4) -> float:
-    """FLOP/s of a float32 numpy matmul on this machine (the best of a few tries)."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a  # warm up the BLAS threads
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / max(best, 1e-9)
+def step_probe(cfg, num_classes: int, steps: int = PROBE_STEPS) -> float:
+    """Seconds per training image of cfg's compiled model, from `steps` timed steps on random data
+    (after one untimed step). Keras' global random state is reset by training afterwards."""
+    from .optimizers import build_compiled_model
+
+    model = build_compiled_model(cfg, num_classes)
+    n, size = cfg.batch_size, cfg.input_size
+    x = np.random.default_rng(0).integers(0, 256, (n, size, size, 3)).astype(np.float32)
+    y = np.arange(n) % num_classes
+    if cfg.label_smoothing:
+        y = np.eye(num_classes, dtype=np.float32)[y]
+    model.train_on_batch(x, y)
+    t = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    seconds = (time.perf_counter() - t) / (steps * n)
+    del model
+    import keras
+
+    keras.backend.clear_session()  # the probe's graph and layer names go; training seeds itself afterwards
+    return seconds
 
 
 def wanted_epochs(n_train: int) -> int:
@@ -75,57 +88,57 @@ def choose_input_size(median_side: int) -> int:
     return 32 if median_side < 48 else 64
 
 
-def make_plan(facts: Facts, explicit: set[str], budget: float | None, train_flops: callable,
-              rate: float | None = None) -> dict:
+def make_plan(facts: Facts, explicit: set[str], budget: float | None, image_seconds: callable,
+              configured: dict | None = None) -> dict:
     """The planned field values (only fields not in `explicit`) and their summary under "plan".
 
-    `train_flops(widths, input_size)` gives the training FLOPs per image of fastnet with those
-    widths; `rate` is the matmul FLOP/s (measured if None)."""
+    `image_seconds(widths, input_size, batch_size, precision)` gives the training seconds per image
+    of fastnet with those widths (widths None: the configured model); `configured` holds the
+    config's own input_size, batch_size and precision, used where the user set them."""
+    configured = {"input_size": 32, "batch_size": 256, "precision": "float32", **(configured or {})}
     budget = float(budget or DEFAULT_BUDGET)
-    rate = rate or matmul_rate()
     values: dict = {}
-    size = choose_input_size(facts.median_side) if "input_size" not in explicit else None
-    planned_size = size or 0
-    if size is not None:
-        values["input_size"] = size
+    base = "fast80" if facts.n_train >= LARGE_SET else "fast94"
+
+    def choose(name, value):
+        if name not in explicit:
+            values[name] = value
+        return values.get(name, configured.get(name))
+
+    size = choose("input_size", choose_input_size(facts.median_side))
+    small = facts.n_train < MIN_STEPS * 256  # at least MIN_STEPS steps an epoch
+    batch = choose("batch_size", max(16, 2 ** int(math.log2(max(facts.n_train // MIN_STEPS, 1))))) if small \
+        else values.get("batch_size", configured["batch_size"])
+    precision = choose("precision", "auto") if base == "fast94" else configured["precision"]
     want = wanted_epochs(facts.n_train)
     seconds = budget * TRAIN_SHARE
 
     def epoch_seconds(widths) -> float:
-        return facts.n_train * train_flops(widths, planned_size or 32) / (EFFICIENCY * rate)
+        return facts.n_train * image_seconds(widths, size, batch, precision) * EPOCH_OVERHEAD
 
-    base = "fast80" if facts.n_train >= LARGE_SET else "fast94"
     if "model_options" in explicit or "model" in explicit:
         widths = None
     elif base == "fast80":
         widths = NARROW
     else:
         widths = next((w for w in WIDTHS if want * epoch_seconds(w) <= seconds), NARROW)
-    est = epoch_seconds(widths or NARROW)
-    epochs = max(1, min(want, int(seconds // max(est, 1e-9))))
     if widths is not None:
         values["model_options"] = {"widths": list(widths), "logit_scale": 1 / 9}
-    if "epochs" not in explicit:
-        values["epochs"] = epochs
-    else:
-        epochs = None
-    if epochs and "warmup_epochs" not in explicit:
+    est = epoch_seconds(widths)
+    epochs = choose("epochs", max(1, min(want, int(seconds // max(est, 1e-9)))))
+    if "epochs" not in explicit and "warmup_epochs" not in explicit:
         values["warmup_epochs"] = round(WARMUP_SHARE[base] * epochs, 3)
     if base == "fast94":
         for name, value in (("bias_lr_scale", 64.0), ("warmup_start_fraction", 0.2),
-                            ("final_lr_fraction", 0.07), ("lookahead_start", 0.3), ("precision", "auto")):
-            if name not in explicit:
-                values[name] = value
-    if facts.n_train < MIN_STEPS * 256 and "batch_size" not in explicit:  # at least MIN_STEPS steps an epoch
-        values["batch_size"] = max(16, 2 ** int(math.log2(max(facts.n_train // MIN_STEPS, 1))))
-    if facts.imbalance > UNBALANCED and "class_weight" not in explicit:
-        values["class_weight"] = "balanced"
+                            ("final_lr_fraction", 0.07), ("lookahead_start", 0.3)):
+            choose(name, value)
+    if facts.imbalance > UNBALANCED:
+        choose("class_weight", "balanced")
     values["time_budget"] = None  # spent by the plan: the run is a fixed number of epochs
     values["plan"] = {
         "images": facts.n_train, "classes": facts.n_classes, "median_side": facts.median_side,
-        "imbalance": round(facts.imbalance, 2), "budget_seconds": budget, "matmul_gflops": round(rate / 1e9, 1),
-        "starts_from": base, "estimated_epoch_seconds": round(est, 1),
-        "text": describe(facts, values, base),
+        "imbalance": round(facts.imbalance, 2), "budget_seconds": budget, "starts_from": base,
+        "estimated_epoch_seconds": round(est, 1), "text": describe(facts, values, base),
     }
     return values
 
@@ -170,7 +183,7 @@ def data_facts(data: str, limit_per_class: int | None = None, val_fraction: floa
 
 
 def fastnet_train_flops(num_classes: int):
-    """train_flops(widths, input_size) for make_plan: fastnet built (not trained) and counted."""
+    """train_flops(widths, input_size): fastnet built (not trained) and its FLOPs counted."""
     from ..models.flops import count_flops
     from ..models.registry import create_model
 
@@ -180,6 +193,28 @@ def fastnet_train_flops(num_classes: int):
         return float(count_flops(model)["train"])
 
     return flops
+
+
+def probed_image_seconds(cfg, num_classes: int):
+    """image_seconds for make_plan on this machine: fast80's net timed for a few real steps at the
+    asked input size, batch and precision (the configured model itself when widths is None); a
+    wider fastnet costs that times its share of FLOPs. Each probe runs once."""
+    from ..config import make_config
+
+    flops, probes = fastnet_train_flops(num_classes), {}
+
+    def image_seconds(widths, input_size, batch_size, precision) -> float:
+        key = (None if widths is None else "fastnet", input_size, batch_size, precision)
+        if key not in probes:
+            fields = {"input_size": input_size, "batch_size": batch_size, "precision": precision}
+            if widths is not None:
+                fields.update(model="fastnet", model_options={"widths": NARROW, "logit_scale": 1 / 9})
+            probes[key] = step_probe(make_config(**{**cfg.to_dict(), **fields}), num_classes)
+        if widths is None:
+            return probes[key]
+        return probes[key] * flops(widths, input_size) / flops(NARROW, input_size)
+
+    return image_seconds
 
 
 def explicit_fields(config, overrides: dict) -> set[str]:
@@ -203,7 +238,8 @@ def plan_config(cfg, explicit: set[str], verbose: bool = True):
     if cfg.init_from:  # the network comes from that file: plan the rest around it
         explicit = explicit | {"model", "model_options"}
     facts = data_facts(cfg.data, cfg.limit_per_class, cfg.val_fraction, cfg.skip_bad_images)
-    values = make_plan(facts, explicit, cfg.time_budget, fastnet_train_flops(facts.n_classes))
+    values = make_plan(facts, explicit, cfg.time_budget, probed_image_seconds(cfg, facts.n_classes),
+                       {name: getattr(cfg, name) for name in ("input_size", "batch_size", "precision")})
     if verbose:
         print(f"plan: {values['plan']['text']}", flush=True)
     return make_config(**{**cfg.to_dict(), **values})
