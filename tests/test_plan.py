@@ -127,3 +127,12 @@ def test_a_named_recipe_or_a_config_file_is_not_planned(tmp_path, capsys):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["recipe"] == "seed" and cfg["model"] == "seed_cnn" and cfg["plan"] == {}
     assert "plan:" not in capsys.readouterr().out
+
+
+def test_an_input_too_small_for_the_planned_net_is_one_error_line(tmp_path, capsys):
+    root = make_photos(tmp_path / "d", {"train": [6, 6]})
+    assert main(["train", "-d", str(root), "-o", str(tmp_path / "run"), "--input-size", "8", "--epochs", "1",
+                 "--val-fraction", "0.25", "--no-report", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: input_size: model fastnet cannot be built for 8x8 images"), err
+    assert not (tmp_path / "run").exists()

@@ -62,9 +62,11 @@ def train_repeats(config: TrainConfig | str | Path | None = None, repeats: int =
     else:
         cfg = make_config(config, **overrides)
     if cfg.recipe == "auto" and not cfg.plan and cfg.data:  # plan once: every seed trains the same config
-        from .training.plan import explicit_fields, plan_config
+        from .training.plan import explicit_fields, plan_config, plan_input_size
 
-        cfg = plan_config(cfg, explicit_fields(config, overrides), verbose=bool(verbose))
+        explicit = explicit_fields(config, overrides)
+        facts, cfg = plan_input_size(cfg, explicit)
+        cfg = plan_config(cfg, facts, explicit, verbose=bool(verbose))
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ImgclfError(f"{run_dir}: run directory exists and is not empty")

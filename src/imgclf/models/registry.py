@@ -107,5 +107,10 @@ def create_model(name: str, num_classes: int = 10, input_shape=(32, 32, 3), prec
         return builder(num_classes=num_classes, input_shape=tuple(input_shape), **options)
     except TypeError as e:
         raise ConfigError(f"model_options: {e}") from None
+    except ValueError as e:  # e.g. an input too small for the model's pooling
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        detail = next((line.strip() for line in str(e).splitlines() if "Received" in line or "size" in line), first)
+        raise ConfigError(f"input_size: model {name} cannot be built for {input_shape[0]}x{input_shape[1]} "
+                          f"images ({detail[:200]}); expected a larger input_size") from None
     finally:
         keras.config.set_dtype_policy(previous)

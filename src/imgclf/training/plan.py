@@ -231,13 +231,24 @@ def explicit_fields(config, overrides: dict) -> set[str]:
     return explicit - {"recipe", "plan"}
 
 
-def plan_config(cfg, explicit: set[str], verbose: bool = True):
-    """The auto recipe's config for cfg.data: cfg with the planned values (see make_plan)."""
+def plan_input_size(cfg, explicit: set[str]):
+    """Step 1 of planning, before the data is loaded: (the data's Facts, cfg with the planned input
+    size). Only the file list and a sample of image headers are read; nothing is built."""
+    from ..config import make_config
+
+    facts = data_facts(cfg.data, cfg.limit_per_class, cfg.val_fraction, cfg.skip_bad_images)
+    if "input_size" not in explicit:
+        cfg = make_config(**{**cfg.to_dict(), "input_size": choose_input_size(facts.median_side)})
+    return facts, cfg
+
+
+def plan_config(cfg, facts: Facts, explicit: set[str], verbose: bool = True):
+    """Step 2, once the data has loaded and passed its checks: the probe, then cfg with every
+    planned value (see make_plan)."""
     from ..config import make_config
 
     if cfg.init_from:  # the network comes from that file: plan the rest around it
         explicit = explicit | {"model", "model_options"}
-    facts = data_facts(cfg.data, cfg.limit_per_class, cfg.val_fraction, cfg.skip_bad_images)
     values = make_plan(facts, explicit, cfg.time_budget, probed_image_seconds(cfg, facts.n_classes),
                        {name: getattr(cfg, name) for name in ("input_size", "batch_size", "precision")})
     if verbose:

@@ -40,7 +40,7 @@ from . import finetune
 from .batches import Batches
 from .callbacks import BudgetProgress, EarlyStop, Lookahead, RunState, Schedule, SwapEMA
 from .optimizers import build_compiled_model
-from .plan import explicit_fields, plan_config
+from .plan import explicit_fields, plan_config, plan_input_size
 
 
 @dataclass
@@ -105,8 +105,10 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         if importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("tensorboard: --tensorboard needs the tensorboard package (pip install tensorboard)")
     t_start = time.perf_counter()
-    if cfg.recipe == "auto" and not cfg.plan and cfg.data and resume is None:  # a resumed run keeps its plan
-        cfg = plan_config(cfg, explicit_fields(config, overrides), verbose=bool(verbose))
+    planning = cfg.recipe == "auto" and not cfg.plan and bool(cfg.data) and resume is None  # resumed: kept
+    if planning:  # the input size now (it decides the decoding); the rest once the data passed its checks
+        explicit = explicit_fields(config, overrides)
+        facts, cfg = plan_input_size(cfg, explicit)
     # Load (and check) the data before anything is written: bad input leaves no run directory.
     data = load_dataset(cfg.data, cfg.test_data, cfg.input_size, cfg.resize, cfg.val_fraction,
                         cfg.split_seed, cfg.limit_per_class, cfg.skip_bad_images,
@@ -118,6 +120,8 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     data_summary = summarize(data)  # split sizes, classes, image sizes (headers of a sample), skipped files
     if verbose:
         print(data_summary, flush=True)
+    if planning:
+        cfg = plan_config(cfg, facts, explicit, verbose=bool(verbose))
 
     _set_determinism(cfg)
     model = build_compiled_model(cfg, num_classes)
