@@ -23,19 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    best = min(_timed(lambda: a @ a) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+from fast import matmul_rate  # bench/fast.py: the matmul rate every bench result quotes
 
 
 def run_seed(data: str, seed: int, work: Path, extra: list[str]) -> dict:
@@ -70,13 +58,13 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
-    before = matmul_gflops()
+    before = matmul_rate(repeats=5) / 1e9
     runs = []
     for seed in args.seeds:
         runs.append(run_seed(args.data, seed, args.work, args.extra))
         print(f"seed {seed}: val {runs[-1]['val_accuracy']:.4f} in {runs[-1]['wall_seconds']:.0f} s "
               f"({runs[-1]['plan']})", flush=True)
-    after = matmul_gflops()
+    after = matmul_rate(repeats=5) / 1e9
     acc = np.array([r["val_accuracy"] for r in runs])
     wall = np.array([r["wall_seconds"] for r in runs])
     result = {

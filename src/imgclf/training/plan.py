@@ -25,6 +25,7 @@ into the run's config.yaml (field `plan`) and `--resume` reuses it instead of pl
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -183,16 +184,18 @@ def data_facts(data: str, limit_per_class: int | None = None, val_fraction: floa
 
 
 def fastnet_train_flops(num_classes: int):
-    """train_flops(widths, input_size): fastnet built (not trained) and its FLOPs counted."""
+    """train_flops(widths, input_size): fastnet built (not trained) and its FLOPs counted, once per
+    (widths, input_size)."""
     from ..models.flops import count_flops
     from ..models.registry import create_model
 
-    def flops(widths, input_size: int) -> float:
+    @functools.cache
+    def counted(widths: tuple, input_size: int) -> float:
         model = create_model("fastnet", num_classes, (input_size, input_size, 3), widths=list(widths),
                              logit_scale=1 / 9)
         return float(count_flops(model)["train"])
 
-    return flops
+    return lambda widths, input_size: counted(tuple(widths), input_size)
 
 
 def probed_image_seconds(cfg, num_classes: int):
