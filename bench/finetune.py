@@ -4,6 +4,7 @@ training from scratch on the clothing photos, at equal fine-tuning wall time?
     python bench/finetune.py                       # pretrain once, then seeds 0,1,2 x {finetune, scratch}
     python bench/finetune.py --source cifar10      # the shipped model (bench/pretrained.py's fast80 run)
     python bench/finetune.py --budget 5m --seeds 0,1,2,3,4 --backbone-lr-scale 0.3
+    python bench/finetune.py --epochs 6            # equal epochs instead of equal time (a busy machine)
     python bench/finetune.py --tiny                # the whole pipeline on a few images, about a minute
 
 1. Pretraining (once, not counted, as ImageNet weights are not): `--pretrain-recipe` (fast80: a
@@ -55,6 +56,9 @@ def parse_args(argv=None):
     ap.add_argument("--recipe", default="fast80", help="the recipe of both arms")
     ap.add_argument("--input-size", type=int, default=64, help="of both arms (the pretraining runs at 32 px)")
     ap.add_argument("--budget", default="3m", help="training time of each arm (--time-budget)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="instead of --budget, this many epochs for each arm: the accuracies do not depend "
+                         "on what else runs on the machine; each arm's fit time is reported beside them")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--freeze-epochs", type=int, default=1)
     ap.add_argument("--backbone-lr-scale", type=float, default=0.1)
@@ -94,7 +98,11 @@ def arm(args, work: Path, name: str, seed: int, source: Path | None) -> dict:
     import imgclf
 
     overrides = dict(data=str(args.data), recipe=args.recipe, input_size=args.input_size, seed=seed,
-                     time_budget=args.budget_seconds, verbose=0, report=False, evaluate_test=False)
+                     verbose=0, report=False, evaluate_test=False)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    else:
+        overrides["time_budget"] = args.budget_seconds
     if args.tiny:
         overrides["limit_per_class"] = 10
     if source is not None:
@@ -118,7 +126,9 @@ def paired(rows: list[dict]) -> dict:
             "sd": statistics.stdev(diffs) if len(diffs) > 1 else None,
             "finetune_wins": sum(d > 0 for d in diffs),
             "finetune_mean": statistics.fmean(by[("finetune", s)] for s in seeds),
-            "scratch_mean": statistics.fmean(by[("scratch", s)] for s in seeds)}
+            "scratch_mean": statistics.fmean(by[("scratch", s)] for s in seeds),
+            "fit_seconds_mean": {arm: statistics.fmean(r["fit_seconds"] for r in rows if r["arm"] == arm)
+                                 for arm in ("finetune", "scratch")}}
 
 
 def main(argv=None) -> int:
@@ -145,7 +155,8 @@ def main(argv=None) -> int:
                   "source": {"path": str(source), "sha256": file_sha256(source),
                              "pretrain_recipe": None if args.source else args.pretrain_recipe},
                   "settings": {"recipe": args.recipe, "input_size": args.input_size,
-                               "time_budget_s": args.budget_seconds, "freeze_epochs": args.freeze_epochs,
+                               "time_budget_s": None if args.epochs else args.budget_seconds,
+                               "epochs": args.epochs, "freeze_epochs": args.freeze_epochs,
                                "backbone_lr_scale": args.backbone_lr_scale, "tiny": args.tiny,
                                "data": str(args.data)},
                   "runs": rows, "paired": summary}

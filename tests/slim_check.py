@@ -147,7 +147,12 @@ def check_decode_rule(tmp: Path) -> None:
 def main() -> int:
     for name in ("tensorflow", "keras"):
         check(f"{name} is not installed", importlib.util.find_spec(name) is None)
-    image = sorted((SHARED / "datasets" / "cifar10-jpeg" / "train" / "ship").glob("*.jpg"))[0]
+    ships = sorted((SHARED / "datasets" / "cifar10-jpeg" / "train" / "ship").glob("*.jpg"))
+    if not ships:
+        print(f"error: {SHARED / 'datasets' / 'cifar10-jpeg'}: no CIFAR-10 JPEGs found "
+              "(set IMGCLF_SHARED to the shared folder)", file=sys.stderr)
+        return 2
+    image = ships[0]
     with tempfile.TemporaryDirectory() as tmp:
         img = Path(tmp) / "ship.jpg"
         shutil.copyfile(image, img)

@@ -54,6 +54,14 @@ def test_fields_the_user_set_are_not_planned():
     assert "the configured epochs" in values["plan"]["text"]
 
 
+def test_the_plan_names_the_augmentations_the_run_uses():
+    cfg = imgclf.make_config(recipe="auto", augment_crop=0.35, mixup=0.2, augment_translate=0)
+    assert plan.augmentation_text(cfg) == "flip + crop + MixUp"
+    assert plan.augmentation_text(imgclf.make_config(augment_flip=False)) == "no augmentation"
+    values = make_plan(Facts(3_000, 10, 400, 1.0), set(), 600, FAST, {"augmentation": plan.augmentation_text(cfg)})
+    assert ": fastnet " in values["plan"]["text"] and "settings, flip + crop + MixUp, best epoch kept" in values["plan"]["text"]
+
+
 def test_a_set_too_small_for_ten_steps_gets_a_smaller_batch():
     assert make_plan(Facts(500, 3, 64, 1.0), set(), 60, FAST)["batch_size"] == 32
     assert "batch_size" not in make_plan(Facts(5_000, 3, 64, 1.0), set(), 60, FAST)

@@ -143,7 +143,9 @@ def test_report_time_is_small(run):
     # the budget: at most 10% of the run, or 30 s for short runs; the bound allows a machine 5x
     # slower than the one the budget was set on (only the robustness pass adapts to the clock)
     assert rep["seconds"] <= 5 * max(30.0, 0.1 * rep["run_seconds"])
-    assert rep["robustness"]["n"] == result.metrics["val"]["n"]
+    rob = rep["robustness"]  # all validation images, unless a slow (or busy) machine made it cut them
+    assert rob.get("reduced_from", rob["n"]) == result.metrics["val"]["n"] and 0 < rob["n"] <= rob.get(
+        "reduced_from", rob["n"])
 
 
 def test_cli_report_regenerates_the_same_numbers(run, capsys):

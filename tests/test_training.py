@@ -54,7 +54,8 @@ class _Interrupt(keras.callbacks.Callback):
 def test_resume_matches_an_uninterrupted_run(colour_folder, tmp_path):
     cfg = dict(data=str(colour_folder), epochs=4, batch_size=8, augment_flip=True, augment_translate=2,
                seed=7, verbose=0, report=False,
-               lookahead_start=0.3, bias_lr_scale=4)  # their state must survive the interruption too
+               lookahead_start=0.3, bias_lr_scale=4,  # their state must survive the interruption too
+               augment_crop=0.5, augment_color=0.3, mixup=0.2, cutmix=1.0)  # and the photos' draws
     full = imgclf.train(run_dir=tmp_path / "full", **cfg)
     with pytest.raises(KeyboardInterrupt):
         imgclf.train(run_dir=tmp_path / "cut", callbacks=[_Interrupt()], **cfg)

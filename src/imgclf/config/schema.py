@@ -113,6 +113,13 @@ class TrainConfig:
     augment_flip_alternate: Flag = setting(False, "with augment_flip: each image's mirror state alternates by epoch")
     augment_translate: Int = setting(0, "random shifts of up to this many pixels, reflect-padded (0 = off)", ge=0)
     augment_cutout: Int = setting(0, "side of a random square cutout in pixels (0 = off)", ge=0)
+    augment_crop: Float = setting(0.0, "random resized crop: a box of this to 100% of the image's area (aspect "
+                                       "3/4 to 4/3), resized back to the input size (0 = off)", ge=0, le=1)
+    augment_color: Float = setting(0.0, "colour jitter: brightness, contrast and saturation each scaled by a "
+                                        "random factor in [1 - s, 1 + s] (0 = off)", ge=0, lt=1)
+    mixup: Float = setting(0.0, "MixUp: images and labels mixed in pairs, weights from Beta(a, a) (0 = off)", ge=0)
+    cutmix: Float = setting(0.0, "CutMix: a box pasted from a paired image, its area from Beta(a, a) (0 = off); "
+                                 "with mixup too, each batch takes one of the two", ge=0)
     # averaging and inference
     ema: Flag = setting(False, "exponential moving average of the weights (Keras' use_ema)")
     ema_momentum: Float = setting(0.99, "momentum of that moving average", ge=0, le=1)

@@ -1,5 +1,5 @@
-"""Training batches: shuffle and vectorised augmentation on uint8 images, deterministic in
-(seed, epoch, batch index), so a resumed run sees exactly the batches an uninterrupted one would."""
+"""Training batches: shuffle and vectorised augmentation (augment.py) on uint8 images, deterministic
+in (seed, epoch, batch index), so a resumed run sees exactly the batches an uninterrupted one would."""
 
 from __future__ import annotations
 
@@ -10,34 +10,13 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.dataset import ImageSet
+from .augment import augment_batch, color_jitter, mix_batch, resized_crop
 
 
-def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool | np.ndarray = False, translate: int = 0,
-                  cutout: int = 0) -> np.ndarray:
-    """Random horizontal flip, pad-and-crop translation (reflect padding) and cutout, on a uint8 batch.
-    `flip` may also be a boolean array: which images to mirror (Batches' alternating flip)."""
-    n, h, w, _ = x.shape
-    if flip is not False:
-        mirror = flip if isinstance(flip, np.ndarray) else rng.random(n) < 0.5
-        x = np.where(mirror[:, None, None, None], x[:, :, ::-1], x)
-    if translate:
-        t = translate
-        padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
-        dy = rng.integers(0, 2 * t + 1, n)
-        dx = rng.integers(0, 2 * t + 1, n)
-        rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
-        cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
-        x = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    if cutout:
-        cy = rng.integers(0, h, n)
-        cx = rng.integers(0, w, n)
-        yy = np.arange(h)[None, :, None]
-        xx = np.arange(w)[None, None, :]
-        y0 = (cy - cutout // 2)[:, None, None]  # a cutout x cutout square centred at (cy, cx), clipped
-        x0 = (cx - cutout // 2)[:, None, None]
-        mask = (yy >= y0) & (yy < y0 + cutout) & (xx >= x0) & (xx < x0 + cutout)
-        x = np.where(mask[..., None], np.uint8(0), x)
-    return np.ascontiguousarray(x)
+def one_hot_labels(cfg: TrainConfig) -> bool:
+    """Whether training takes one-hot targets (and a categorical loss): label smoothing and
+    MixUp/CutMix need them, the sparse loss has neither."""
+    return cfg.label_smoothing > 0 or cfg.mixup > 0 or cfg.cutmix > 0
 
 
 class Batches(keras.utils.PyDataset):
@@ -73,16 +52,25 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, i):
         index = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         x = self.images.images(index)
-        if self.train and self.cfg is not None:
+        cfg = self.cfg if self.train else None
+        if cfg is not None:
+            # photo augmentations draw from their own stream, so the older ones' draws are unchanged
+            photo = np.random.default_rng([self.seed, self.epoch, i, 2])
+            if cfg.augment_crop:
+                x = resized_crop(x, photo, cfg.augment_crop)
+            if cfg.augment_color:
+                x = color_jitter(x, photo, cfg.augment_color)
             rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-            flip = self.cfg.augment_flip
-            if flip and self.cfg.augment_flip_alternate:
+            flip = cfg.augment_flip
+            if flip and cfg.augment_flip_alternate:
                 flip = self.base_flip[index] ^ bool(self.epoch % 2)
-            x = augment_batch(x, rng, flip, self.cfg.augment_translate, self.cfg.augment_cutout)
+            x = augment_batch(x, rng, flip, cfg.augment_translate, cfg.augment_cutout)
         y = self.images.y[index]
         if self.one_hot:
             y = np.eye(self.num_classes, dtype=np.float32)[y]
         x = x.astype(np.float32)
+        if cfg is not None and (cfg.mixup or cfg.cutmix):
+            x, y = mix_batch(x, y, np.random.default_rng([self.seed, self.epoch, i, 3]), cfg.mixup, cfg.cutmix)
         if self.sample_weights is not None:
             w = np.asarray([self.sample_weights[int(c)] for c in self.images.y[index]], np.float32)
             return x, y, w

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from ..config import TrainConfig
+from .batches import one_hot_labels
 from .finetune import build_model, scale_backbone_lr
 
 
@@ -44,7 +45,7 @@ def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
     else:
         optimizer = keras.optimizers.AdamW(**{**common, "weight_decay": cfg.weight_decay})
     optimizer = scale_backbone_lr(optimizer, model, cfg.backbone_lr_scale)
-    if cfg.label_smoothing:  # the sparse loss has no label smoothing: one-hot targets instead
+    if one_hot_labels(cfg):  # label smoothing, MixUp, CutMix: one-hot (or mixed) targets
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:

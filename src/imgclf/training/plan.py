@@ -59,13 +59,14 @@ class Facts:
 def step_probe(cfg, num_classes: int, steps: int = PROBE_STEPS) -> float:
     """Seconds per training image of cfg's compiled model, from `steps` timed steps on random data
     (after one untimed step). Keras' global random state is reset by training afterwards."""
+    from .batches import one_hot_labels
     from .optimizers import build_compiled_model
 
     model = build_compiled_model(cfg, num_classes)
     n, size = cfg.batch_size, cfg.input_size
     x = np.random.default_rng(0).integers(0, 256, (n, size, size, 3)).astype(np.float32)
     y = np.arange(n) % num_classes
-    if cfg.label_smoothing:
+    if one_hot_labels(cfg):
         y = np.eye(num_classes, dtype=np.float32)[y]
     model.train_on_batch(x, y)
     t = time.perf_counter()
@@ -139,12 +140,22 @@ def make_plan(facts: Facts, explicit: set[str], budget: float | None, image_seco
     values["plan"] = {
         "images": facts.n_train, "classes": facts.n_classes, "median_side": facts.median_side,
         "imbalance": round(facts.imbalance, 2), "budget_seconds": budget, "starts_from": base,
-        "estimated_epoch_seconds": round(est, 1), "text": describe(facts, values, base),
+        "estimated_epoch_seconds": round(est, 1),
+        "text": describe(facts, values, base, configured.get("augmentation", "flip + translate")),
     }
     return values
 
 
-def describe(facts: Facts, values: dict, base: str) -> str:
+def augmentation_text(cfg) -> str:
+    """The config's training augmentations in a few words, e.g. "flip + translate + crop"."""
+    parts = [name for name, on in (("flip", cfg.augment_flip), ("translate", cfg.augment_translate),
+                                   ("cutout", cfg.augment_cutout), ("crop", cfg.augment_crop),
+                                   ("colour jitter", cfg.augment_color), ("MixUp", cfg.mixup),
+                                   ("CutMix", cfg.cutmix)) if on]
+    return " + ".join(parts) or "no augmentation"
+
+
+def describe(facts: Facts, values: dict, base: str, augmentation: str) -> str:
     """The plan in one line, e.g. "2,882 images in 10 classes (median side 400 px, largest class 7.1x the
     smallest): fastnet 64/256/256 at 64 px, 40 epochs from fast94's settings, flip + translate,
     class-weighted, best epoch kept"."""
@@ -155,7 +166,7 @@ def describe(facts: Facts, values: dict, base: str) -> str:
     weighted = ", class-weighted" if values.get("class_weight") == "balanced" else ""
     return (f"{facts.n_train:,} images in {facts.n_classes} classes (median side {facts.median_side} px, "
             f"largest class {facts.imbalance:.1f}x the smallest): {net}{size}, {epochs} from {base}'s "
-            f"settings, flip + translate{weighted}, best epoch kept")
+            f"settings, {augmentation}{weighted}, best epoch kept")
 
 
 def data_facts(data: str, limit_per_class: int | None = None, val_fraction: float = 0.1,
@@ -253,7 +264,8 @@ def plan_config(cfg, facts: Facts, explicit: set[str], verbose: bool = True):
     if cfg.init_from:  # the network comes from that file: plan the rest around it
         explicit = explicit | {"model", "model_options"}
     values = make_plan(facts, explicit, cfg.time_budget, probed_image_seconds(cfg, facts.n_classes),
-                       {name: getattr(cfg, name) for name in ("input_size", "batch_size", "precision")})
+                       {**{name: getattr(cfg, name) for name in ("input_size", "batch_size", "precision")},
+                        "augmentation": augmentation_text(cfg)})
     if verbose:
         print(f"plan: {values['plan']['text']}", flush=True)
     return make_config(**{**cfg.to_dict(), **values})

@@ -37,7 +37,7 @@ from ..models.registry import init_from_data
 from ..runtime.classifier import tta_views
 from ..runtime.modelfile import save_model
 from . import finetune
-from .batches import Batches
+from .batches import Batches, one_hot_labels
 from .callbacks import BudgetProgress, EarlyStop, Lookahead, RunState, Schedule, SwapEMA
 from .optimizers import build_compiled_model
 from .plan import explicit_fields, plan_config, plan_input_size
@@ -137,7 +137,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    one_hot = cfg.label_smoothing > 0
+    one_hot = one_hot_labels(cfg)
     weights = class_weights(data.train.y, num_classes) if cfg.class_weight == "balanced" else None
     train_batches = Batches(data.train, cfg.batch_size, num_classes, train=True, seed=cfg.seed, cfg=cfg,
                             one_hot=one_hot, sample_weights=weights)
