@@ -19,6 +19,16 @@ Models (default: seed_cnn and the fast80 recipe's fastnet) get the weights of a 
 on random data (speed does not depend on the weights); .keras files can be given by path. Results go to
 bench/results/serve_load.json and a Markdown table on stdout. Bounded: at most
 `--sequential` + 3 x `--per-level` requests per model and runtime.
+
+Scale-out mode (issue 16):
+
+    python bench/serve_load.py --workers-vs-threads [--clients 32 --seconds 60 --rounds 1 --model M.onnx]
+
+serves one .onnx model (default: the shipped cifar10.onnx) as `--workers 2 --threads 1` and as
+`--workers 1 --threads 2`, one after the other (rounds alternate the order), each under `--clients`
+keep-alive clients for `--seconds` after a warm-up: throughput, p50 / p99 latency, errors, each
+worker's resident memory (VmRSS) and CPU seconds, and the ratio of the two throughputs. Results go to
+bench/results/serve_workers.json.
 """
 
 from __future__ import annotations
@@ -213,6 +223,96 @@ def offline(path: Path, images: np.ndarray, repeats: int = 3) -> float:
     return len(images) / best
 
 
+def _proc(pid: int, key: str) -> int:
+    """VmRSS (bytes) or cpu (utime + stime, in clock ticks) of process `pid`."""
+    if key == "cpu":
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def server_processes(pid: int) -> list[int]:
+    """The processes that serve: uvicorn's worker processes, or the server itself with one worker."""
+    kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    workers = [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    return workers or [pid]
+
+
+def workers_run(model: Path, blob: bytes, workers: int, threads: int, clients: int, seconds: float) -> dict:
+    with Server(model, ["--workers", str(workers), "--threads", str(threads)]) as srv:
+        req = request_bytes(srv.port, blob)
+        deadline = time.time() + 180
+        while len(server_processes(srv.proc.pid)) < workers and time.time() < deadline:
+            time.sleep(0.2)
+        asyncio.run(_run(srv.port, req, clients, 10 ** 9, 5.0))  # warm-up: every worker up and traced
+        procs = server_processes(srv.proc.pid)
+        cpu0 = {p: _proc(p, "cpu") for p in procs}
+        lat, errors, wall = asyncio.run(_run(srv.port, req, clients, 10 ** 9, seconds))
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {"workers": workers, "threads": threads, "clients": clients, "seconds": wall, "requests": len(lat),
+               "throughput_rps": len(lat) / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "errors": errors,
+               "worker_rss_mb": [_proc(p, "rss") / 2 ** 20 for p in procs],
+               "worker_cpu_s": [(_proc(p, "cpu") - cpu0[p]) / tick for p in procs],
+               "parent_rss_mb": _proc(srv.proc.pid, "rss") / 2 ** 20 if procs != [srv.proc.pid] else None}
+    print(f"workers={workers} threads={threads}: {out['throughput_rps']:.0f} req/s, p99 {out['p99_ms']:.1f} ms, "
+          f"{errors} errors, RSS per worker {[round(x) for x in out['worker_rss_mb']]} MB, "
+          f"CPU s per worker {[round(x, 1) for x in out['worker_cpu_s']]}", flush=True)
+    return out
+
+
+def workers_vs_threads(args) -> int:
+    model = args.model or REPO / "src" / "imgclf" / "runtime" / "pretrained" / "cifar10.onnx"
+    blob = expand_cifar_jpeg()[0].read_bytes()
+    configs = [(2, 1), (1, 2)]
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": os.getloadavg()},
+               "model": str(Path(model).name), "runs": []}
+    for r in range(args.rounds):
+        for workers, threads in configs if r % 2 == 0 else configs[::-1]:
+            results["runs"].append(workers_run(Path(model), blob, workers, threads, args.clients, args.seconds))
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["summary"] = summarize(results["runs"])
+    out = args.out if args.out != DEFAULT_OUT else REPO / "bench" / "results" / "serve_workers.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".tmp")
+    tmp_out.write_text(json.dumps(results, indent=1))
+    os.replace(tmp_out, out)
+    s = results["summary"]
+    print(f"2 workers x 1 thread / 1 worker x 2 threads: {s['ratio_2w1t_over_1w2t']:.2f}x throughput, "
+          f"{s['ratio_per_cpu_s']:.2f}x requests per CPU-second, {s['errors']} errors; RSS {s['rss_mb_per_worker_2w']:.0f} MB per worker (2 workers), "
+          f"{s['rss_mb_1w']:.0f} MB (1 worker); load average {results['machine']['loadavg_start']} -> "
+          f"{results['machine']['loadavg_end']}; wrote {out}")
+    return 0
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Means over the runs of each configuration. Requests per CPU-second of the serving processes
+    compares the two configurations even when other jobs take part of the cores (throughput alone
+    then also measures how much CPU each configuration won from them)."""
+    def mean(workers, value):
+        return float(np.mean([value(x) for x in runs if x["workers"] == workers]))
+
+    def per_cpu(x):
+        return x["requests"] / sum(x["worker_cpu_s"])
+
+    return {"ratio_2w1t_over_1w2t": mean(2, lambda x: x["throughput_rps"]) / mean(1, lambda x: x["throughput_rps"]),
+            "requests_per_cpu_s_2w": mean(2, per_cpu), "requests_per_cpu_s_1w": mean(1, per_cpu),
+            "ratio_per_cpu_s": mean(2, per_cpu) / mean(1, per_cpu),
+            "errors": sum(x["errors"] for x in runs),
+            "rss_mb_per_worker_2w": mean(2, lambda x: np.mean(x["worker_rss_mb"])),
+            "rss_mb_1w": mean(1, lambda x: x["worker_rss_mb"][0]),
+            "parent_rss_mb_2w": mean(2, lambda x: x["parent_rss_mb"])}
+
+
+def expand_cifar_jpeg():
+    from imgclf.runtime.classifier import expand_paths
+
+    return expand_paths([SHARED / "datasets" / "cifar10-jpeg" / "train" / "cat"])
+
+
+DEFAULT_OUT = REPO / "bench" / "results" / "serve_load.json"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["seed_cnn", "recipe:fast80"],
@@ -224,8 +324,17 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=60)
     ap.add_argument("--offline-images", type=int, default=4096)
     ap.add_argument("--batch-window-ms", type=float, default=2.0)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve_load.json")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help="results file (default: results/serve_load.json; serve_workers.json with --workers-vs-threads)")
+    ap.add_argument("--workers-vs-threads", action="store_true",
+                    help="scale-out mode: 2 workers x 1 thread against 1 worker x 2 threads (see above)")
+    ap.add_argument("--model", type=Path, help="scale-out mode: the .onnx model (default: the shipped cifar10.onnx)")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.workers_vs_threads:
+        return workers_vs_threads(args)
 
     from imgclf.deploy.export import export
     from imgclf.data.images import to_rgb

@@ -4,8 +4,8 @@
 
 It proves that this environment cannot import tensorflow or keras, then, with the .onnx model
 shipped as `--pretrained cifar10`, that `imgclf predict` works and that `imgclf serve` answers
-/health, /model, /docs (offline assets), POST /predict (with an occlusion heatmap) and a bad
-upload with a 4xx, and that both refuse an .onnx file with bad metadata with one error line; and that
+/health, /model, /docs (offline assets), POST /predict (with an occlusion heatmap), a bad
+upload with a 4xx and /metrics, and that both refuse an .onnx file with bad metadata with one error line; and that
 the ONNX path decodes with the model's decode rule ("full" when its metadata has none, "draft" when it
 says so). Standard library only on the client side. Exit status 0 = all good; the last
 line is 'N passed, 0 failed'.
@@ -191,6 +191,9 @@ def main() -> int:
                 status, body = request(url + "/predict", *multipart("files", "a.txt", b"not an image"))
                 check("bad upload is a 4xx with a JSON error", status == 400 and "error" in json.loads(body), body[:300])
                 check("page at /", request(url + "/")[0] == 200)
+                status, body = request(url + "/metrics")
+                counted = b'imgclf_http_requests_total{endpoint="/predict",status="200"} 1.0' in body
+                check("/metrics counts the prediction", status == 200 and counted, body[:300])
         finally:
             server.terminate()
             out = server.communicate(timeout=HANG)[0]

@@ -28,6 +28,16 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--time-budget: ")) from None
 
 
+def device_count(text: str) -> int:
+    """argparse type of --devices: all (0 in the config) or a whole number (the schema checks its bounds)."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all or a whole number, got {quote(text)}") from None
+
+
 TTA_HELP = ("test-time augmentation: the mean over each image and its mirror, and over shifted copies too "
             "if the model's recipe used them (its tta_translate)")
 
@@ -61,6 +71,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flags = ["--" + name.replace("_", "-")] + ALIASES.get(name, [])
         if name == "time_budget":
             group.add_argument(*flags, dest=name, type=duration, default=None, metavar="DURATION",
+                               help=field_help(name))
+        elif name == "devices":
+            group.add_argument(*flags, dest=name, type=device_count, default=None, metavar="all|N",
                                help=field_help(name))
         elif spec.kind == "bool":
             group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
@@ -166,24 +179,25 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .deploy.export import export
 
-    result = export(args.model, args.format, args.out, check_data=args.check_data)
+    result = export(args.model, args.format, args.out, check_data=args.check_data, name=args.name)
     print(result.summary())
     return 0
 
 
 def cmd_serve(args) -> int:
-    from .deploy.serve import serve
+    from .deploy.app import Settings, run
 
     model, extra = _model_or_pretrained(args, prefer=("keras", "onnx"))  # .keras gives Grad-CAM heatmaps
     if extra:
         raise ImgclfError(f"serve: unexpected argument {quote(extra[0])} (give one model file)")
-    for name in ("max_files", "max_batch"):
-        if getattr(args, name) < 1:
+    for name in ("max_files", "max_batch", "workers", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ImgclfError(f"--{name.replace('_', '-')}: expected an integer >= 1")
-    if not (args.max_mb > 0 and args.batch_window_ms >= 0):  # (NaN fails both)
-        raise ImgclfError("--max-mb must be > 0 and --batch-window-ms >= 0")
-    serve(model, host=args.host, port=args.port, max_files=args.max_files, max_bytes=int(args.max_mb * 1e6),
-          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, heatmap=args.heatmap)
+    if not (args.max_mb > 0 and args.batch_window_ms >= 0 and args.graceful_timeout >= 0):  # (NaN fails all)
+        raise ImgclfError("--max-mb must be > 0, --batch-window-ms and --graceful-timeout >= 0")
+    settings = Settings(model, max_files=args.max_files, max_bytes=int(args.max_mb * 1e6), threads=args.threads,
+                        batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, heatmap=args.heatmap)
+    run(settings, workers=args.workers, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)
     return 0
 
 
@@ -194,6 +208,16 @@ def cmd_models(args) -> int:
     width = max(map(len, described), default=0)
     print("\n".join(f"{name:<{width}}  {text}" for name, text in described.items()))
     print("recipes: " + ", ".join(RECIPES))
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from .data.pack import pack
+
+    index = pack(args.dir, args.out, shards=args.shards)
+    counts = ", ".join(f"{v['count']:,} {k}" for k, v in index["splits"].items())
+    print(f"packed {counts} images of {len(index['class_names'])} classes into {args.out} "
+          f"(train with --data {args.out})")
     return 0
 
 
@@ -258,10 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list registered models and recipes")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("export", help="export a .keras model to onnx, savedmodel or tflite (checks parity)")
+    p = sub.add_parser("pack", help="write an image folder as ArrayRecord shards: a dataset for --data "
+                       "that is read by index, for sets too large for one folder walk")
+    p.add_argument("dir", metavar="DIR", help="image folder (class folders, or train/ with validation/ and test/)")
+    p.add_argument("out", metavar="OUT", type=Path, help="new folder to write (index.json, shards, label files)")
+    p.add_argument("--shards", type=int, metavar="N", help="shard files per split (default: one per 50,000 images)")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("export", help="export a .keras model to onnx, savedmodel or tflite, or a Triton / "
+                                      "TF Serving model folder (checks parity)")
     p.add_argument("model", type=Path, help="a .keras model file")
-    p.add_argument("--format", "-f", choices=["onnx", "savedmodel", "tflite"], default="onnx")
-    p.add_argument("--out", "-o", type=Path, help="output path (default: beside the model)")
+    p.add_argument("--format", "-f", choices=["onnx", "savedmodel", "tflite", "triton", "tfserving"], default="onnx",
+                   help="triton: OUT/NAME/1/model.onnx + OUT/NAME/config.pbtxt; tfserving: OUT/NAME/1/ "
+                        "(a SavedModel) (default: onnx)")
+    p.add_argument("--out", "-o", type=Path, help="output path; for triton and tfserving the model repository "
+                                                  "folder (default: beside the model)")
+    p.add_argument("--name", help="triton / tfserving: the model's name in the repository (default: the file's stem)")
     p.add_argument("--check-data", metavar="PATH", help="images for the parity check (default: a synthetic batch)")
     p.set_defaults(func=cmd_export)
 
@@ -275,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long a request waits for others to batch with")
     p.add_argument("--max-batch", type=int, default=64, help="images per model call")
     p.add_argument("--heatmap", choices=["auto", "grad-cam", "occlusion", "none"], default="auto")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes, each with its own copy of the model (default: 1, in this process)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="intra-op threads per worker for ONNX Runtime / TensorFlow (default: the runtime's own)")
+    p.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may take to finish (default: 30)")
     p.set_defaults(func=cmd_serve)
 
     from .tuning.cli import add_parser as add_tune_parser  # imgclf tune: hyperparameter search

@@ -131,6 +131,8 @@ class TrainConfig:
     # control
     seed: Int = setting(0, "seed of initialisation, shuffling and augmentation", ge=0, le=MAX_SEED)
     deterministic: Flag = setting(True, "deterministic kernels: a seeded run repeats digit for digit")
+    devices: Int = setting(1, "devices to train on, data-parallel (flag: all or N; 0 = all): GPUs, else CPU "
+                              "devices; batch_size is the global batch, split evenly over them", ge=0)
     early_stopping: Int = setting(0, "patience in epochs on val_accuracy (0 = off)", ge=0)
     keep_best: Flag = setting(False, "model.keras holds the best-val-accuracy epoch instead of the last")
     time_budget: Optional[Float] = setting(None, "seconds of training, the schedule spread over this wall time "

@@ -6,6 +6,8 @@ test set, and `root/validation/` (or `val/`, `valid/`), if present, the validati
 same class folders as `train/`. Without one, a seeded, stratified validation split is carved out
 of the training images. How the split was made and a hash of its file lists travel with the model.
 
+A folder written by `imgclf pack` (records.py) loads as its image folder would, from its records.
+
 Decoded images are cached as uint8 arrays keyed by (file list, sizes, mtimes, input size,
 resize rule, decode rule), so the second run does not decode 50,000 files again. Decoding runs on a
 thread pool, with a progress bar on stderr for large sets. Sets larger than
@@ -29,6 +31,7 @@ from ..fileio import atomic_write
 from ..progress import progress_bar
 from .images import DEFAULT_DECODE, IMAGE_EXTENSIONS, check_regular_file, to_rgb
 from .names import class_name_problem
+from .records import is_packed, open_split, read_index
 
 CACHE_FORMAT = 1
 PROGRESS_MIN = 500  # fewer images decode in about a second: no progress bar
@@ -58,6 +61,7 @@ class ImageSet:
     size: tuple[int, int] = (32, 32)
     resize: str = "stretch"
     decode: str = "full"  # images.to_rgb's decode rule, for streaming sets and the model's metadata
+    source: object = None  # a packed set's records.Records (encoded images by index); None: files under root
 
     def __len__(self) -> int:
         return len(self.y)
@@ -66,17 +70,23 @@ class ImageSet:
         """uint8 images for an index array, from memory or decoded from disk."""
         if self.x is not None:
             return self.x[index]
+        if self.source is not None:
+            return np.stack([self.source.image(i, self.size, self.resize, self.decode) for i in np.asarray(index)])
         return np.stack([to_rgb(self.root / self.files[i], self.size, self.resize, self.decode)
                          for i in np.asarray(index)])
 
-    def all_images(self) -> np.ndarray:
-        """Every image of the set, from memory or decoded."""
-        return self.x if self.x is not None else self.images(np.arange(len(self)))
+    def all_images(self):
+        """Every image of the set: the array in memory, or for a streaming set a read-only view that
+        decodes only the images indexed (prefetch.ImageView; np.asarray decodes them all)."""
+        from .prefetch import ImageView
+
+        return self.x if self.x is not None else ImageView(self)
 
     def subset(self, index) -> "ImageSet":
         index = np.asarray(index)
         return ImageSet(self.y[index], [self.files[i] for i in index], None if self.x is None else self.x[index],
-                        self.root, self.size, self.resize, self.decode)
+                        self.root, self.size, self.resize, self.decode,
+                        None if self.source is None else self.source.take(index))
 
 
 @dataclass
@@ -223,6 +233,11 @@ def _max_memory_bytes() -> float:
     return float(os.environ.get("IMGCLF_MAX_MEMORY_GB", 8)) * 2**30
 
 
+def streams(n: int, size) -> bool:
+    """Whether `n` images of `size` exceed IMGCLF_MAX_MEMORY_GB and so stream from disk."""
+    return n * size[0] * size[1] * 3 > _max_memory_bytes()
+
+
 def _some(names: list[str], n: int = 8) -> str:
     """A class-name list for a message: at most `n` names, so a line stays short."""
     names = list(names)
@@ -250,7 +265,7 @@ def decode_folder(root: str | Path, files: list[str], labels: np.ndarray, size=(
     `check(labels_kept)` runs on the labels of the images kept, before anything is cached;
     `decode` and `progress` are decode_images'."""
     root = Path(root)
-    if len(files) * size[0] * size[1] * 3 > _max_memory_bytes():
+    if streams(len(files), size):
         print(f"note: {root}: {len(files)} images exceed the in-memory limit; streaming from disk", file=sys.stderr)
         return ImageSet(labels, files, None, root, tuple(size), resize, decode)
     x, kept = decode_images(root, files, size, resize, skip_bad, decode=decode, progress=progress,
@@ -264,6 +279,47 @@ def load_folder(root: str | Path, size=(32, 32), resize="stretch", skip_bad=Fals
     """Load an image folder as an ImageSet (in memory, or streaming if it is too large)."""
     files, labels, names = list_folder(root, skip_bad, limit_per_class, class_names)
     return decode_folder(root, files, labels, size, resize, skip_bad, decode=decode), names
+
+
+def packed_set(part, root: Path, size, resize, decode, progress, prefix: str = "") -> ImageSet:
+    """An ImageSet of a packed split (records.PackedSplit), decoded into memory in parallel, or
+    streaming from its records if too large; file names as the folder's (`prefix`: "train/")."""
+    files = [prefix + f for f in part.files]
+    s = ImageSet(part.labels, files, None, root, tuple(size), resize, decode, part.records)
+    if streams(len(files), size):
+        print(f"note: {root}: {len(files)} images exceed the in-memory limit; streaming from its records",
+              file=sys.stderr)
+        return s
+    from .prefetch import decode_all
+
+    with progress_bar(len(files), f"decoding {root.name}", progress, minimum=PROGRESS_MIN) as bar:
+        s.x = decode_all(s, bar=bar)
+    return s
+
+
+def load_packed(root: Path, size, resize, decode, progress, limit_per_class, expected, val_split, carve, test_data):
+    """(full training set, validation set or None, its folder, test set or None, class names) of a
+    packed folder (records.py); `carve`: (val_fraction, split_seed). Checked as folders are."""
+    index = read_index(root)
+    names = list(index["class_names"])
+    if expected is not None and names != list(expected):
+        raise DataError(f"{root}: classes {_some(names)} differ from the model's {_some(expected)}")
+    parts = {s: open_split(root, index, s) for s in index["splits"] if s != "val" or val_split == "auto"}
+    if limit_per_class:
+        for p in parts.values():
+            keep = np.sort(np.concatenate([np.flatnonzero(p.labels == c)[:limit_per_class]
+                                           for c in range(len(names))]))
+            p.records, p.labels, p.files = p.records.take(keep), p.labels[keep], [p.files[i] for i in keep]
+    if test_data:
+        parts.pop("test", None)
+    if "val" in parts:
+        check_every_class(root, parts["train"].labels, names)
+    else:
+        check_splittable(root, parts["train"].labels, names, *carve)
+    val = parts.get("val")
+    sets = [packed_set(p, root, size, resize, decode, progress, f"{p.folder}/" if val and s != "test" else "")
+            if p else None for s, p in (("train", parts["train"]), ("val", val), ("test", parts.get("test")))]
+    return sets[0], sets[1], Path(val.folder) if val else None, sets[2], names
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -378,6 +434,12 @@ def load_dataset(data: str, test_data: str | None = None, input_size: int = 32, 
         full, test, class_names = _load_cifar(data, limit_per_class, decode)  # arrays: nothing is cached
         if expected is not None and class_names != list(expected):
             raise DataError(f"{data}: classes {_some(class_names)} differ from the model's {_some(expected)}")
+        test_list = list_folder(test_data, skip_bad_images, class_names=class_names,
+                                skipped=skipped) if test_data else None
+    elif is_packed(data):  # imgclf pack's folder (records.py); a --test-data folder replaces its test split
+        full, val, val_root, test, class_names = load_packed(Path(data), size, resize, decode, progress,
+                                                             limit_per_class, expected, val_split,
+                                                             (val_fraction, split_seed), test_data)
         test_list = list_folder(test_data, skip_bad_images, class_names=class_names,
                                 skipped=skipped) if test_data else None
     else:

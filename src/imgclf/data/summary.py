@@ -8,6 +8,8 @@ a bounded, seeded sample of files (Pillow reads a header without the pixels). In
 
 from __future__ import annotations
 
+import io
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,7 +81,7 @@ def format_sizes(sizes: dict) -> str:
             f"largest {_wxh(sizes['largest'])} ({where})")
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
+def header_size(path: Path | io.BytesIO) -> tuple[int, int] | None:
     """(width, height) from an image file's header, as shown (EXIF orientation applied, as
     images.to_rgb does), or None if Pillow cannot read it."""
     from PIL import Image
@@ -97,12 +99,13 @@ def image_sizes(sets: list[ImageSet], sample: int = SAMPLE, seed: int = 0) -> di
     """The size distribution over all images of `sets`: in-memory arrays with no files behind them
     (CIFAR-10) by their shape, files by the headers of at most `sample` of them (seeded)."""
     in_memory = [s.root is None and s.x is not None for s in sets]
-    paths = [Path(s.root) / f for s, known in zip(sets, in_memory) if not known for f in s.files]
+    items = [(s, j) for s, known in zip(sets, in_memory) if not known for j in range(len(s))]
     found = [(s.x.shape[2], s.x.shape[1]) for s, known in zip(sets, in_memory) if known for _ in range(len(s))]
-    pick = np.random.default_rng(seed).choice(len(paths), size=min(sample, len(paths)), replace=False)
+    pick = np.random.default_rng(seed).choice(len(items), size=min(sample, len(items)), replace=False)
     unreadable = 0
     for i in np.sort(pick):
-        size = header_size(paths[i])
+        s, j = items[i]  # a file under the set's root, or a packed set's encoded bytes
+        size = header_size(Path(s.root) / s.files[j] if s.source is None else io.BytesIO(s.source[j]))
         if size is None:
             unreadable += 1
         else:

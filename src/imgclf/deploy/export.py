@@ -3,6 +3,12 @@
     imgclf export model.keras --format onnx        -> model.onnx      (ONNX Runtime)
     imgclf export model.keras --format savedmodel  -> model_savedmodel/  (TensorFlow Serving, TF.js, ...)
     imgclf export model.keras --format tflite      -> model.tflite    (LiteRT; Keras calls it 'litert')
+    imgclf export model.keras --format triton      -> model_triton/model/{config.pbtxt, 1/model.onnx}
+    imgclf export model.keras --format tfserving   -> model_tfserving/model/1/  (a SavedModel)
+
+The last two are the folders model servers load as they are (imgclf.deploy.model_servers): `--out`
+is then the model repository and `--name` the model's folder in it (default: the file's stem); an
+older export of the same name in that repository is replaced, other models there are left alone.
 
 Every export takes raw 0..255 RGB NHWC float32 input (the model's own Rescaling layer is part of
 the graph) and returns softmax probabilities. imgclf's metadata travels with it: inside the
@@ -34,9 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImgclfError
+from .model_servers import LAYOUTS, VERSION, model_name, tfserving_layout, triton_layout
 
-FORMATS = ("onnx", "savedmodel", "tflite")
-SUFFIX = {"onnx": ".onnx", "savedmodel": "_savedmodel", "tflite": ".tflite"}
+FORMATS = ("onnx", "savedmodel", "tflite") + LAYOUTS
+SUFFIX = {"onnx": ".onnx", "savedmodel": "_savedmodel", "tflite": ".tflite", "triton": "_triton",
+          "tfserving": "_tfserving"}
 ATOL = 1e-4
 
 
@@ -288,8 +296,25 @@ def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(it.get_tensor(outp["index"]))
 
 
+def _export_triton(model, meta: dict, tmp: Path, name: str) -> Path:
+    return triton_layout(_export_onnx(model, meta, tmp), tmp / "repository", name, meta["class_names"])
+
+
+def _run_triton(path: Path, x: np.ndarray) -> np.ndarray:
+    return _run_onnx(path / VERSION / "model.onnx", x)
+
+
+def _export_tfserving(model, meta: dict, tmp: Path, name: str) -> Path:
+    return tfserving_layout(_export_savedmodel(model, meta, tmp), tmp / "repository", name)
+
+
+def _run_tfserving(path: Path, x: np.ndarray) -> np.ndarray:
+    return _run_savedmodel(path / VERSION, x)
+
+
 EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "savedmodel": (_export_savedmodel, _run_savedmodel),
-             "tflite": (_export_tflite, _run_tflite)}
+             "tflite": (_export_tflite, _run_tflite), "triton": (_export_triton, _run_triton),
+             "tfserving": (_export_tfserving, _run_tfserving)}
 
 
 def _replace(src: Path, dst: Path) -> None:
@@ -307,8 +332,9 @@ def _replace(src: Path, dst: Path) -> None:
 
 
 def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, check_data=None,
-           n_check: int = 64) -> ExportResult:
-    """Export `model_path` (.keras) to `fmt`, check parity, and write it to `out` atomically.
+           n_check: int = 64, name: str | None = None) -> ExportResult:
+    """Export `model_path` (.keras) to `fmt`, check parity, and write it to `out` atomically (for
+    triton and tfserving: to the folder `out`/`name`, `out` being the model repository).
 
     Raises ImgclfError (and writes nothing) if the exported file disagrees with the .keras model.
     """
@@ -322,6 +348,12 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
         raise ImgclfError(f"{out}: a TFLite export must end in .tflite")
     if fmt == "onnx" and out.suffix != ".onnx":
         raise ImgclfError(f"{out}: an ONNX export must end in .onnx")
+    if name is not None and fmt not in LAYOUTS:
+        raise ImgclfError(f"--name: only for --format {' or '.join(LAYOUTS)} (the model's folder in the repository)")
+    if fmt in LAYOUTS:
+        if out.exists() and not out.is_dir():
+            raise ImgclfError(f"{out}: not a folder (expected the model repository folder for --format {fmt})")
+        out = out / model_name(name, model_path)
     from ..runtime.modelfile import load_model
 
     model, meta = load_model(model_path)
@@ -331,11 +363,12 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
     expected = np.asarray(model.predict_on_batch(x.astype(np.float32)), dtype=np.float32)
 
     make, run = EXPORTERS[fmt]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".imgclf-export-", dir=out.parent) as tmpdir:
+    work = out.parent.parent if fmt in LAYOUTS else out.parent  # a model server never sees a half-made model
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".imgclf-export-", dir=work) as tmpdir:
         tmp = Path(tmpdir)
         try:
-            written = make(model, meta, tmp)
+            written = make(model, meta, tmp, out.name) if fmt in LAYOUTS else make(model, meta, tmp)
         except ImgclfError:
             raise
         except Exception as e:  # converters raise anything; the user needs one line
@@ -352,5 +385,6 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
             side = out.with_name(out.name + ".json")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             os.replace(tmp / "meta.json", side)
+        out.parent.mkdir(exist_ok=True)
         _replace(written, out)
     return result

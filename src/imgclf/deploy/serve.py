@@ -6,13 +6,18 @@
 Endpoints:
     POST /predict?k=5[&heatmap=true]   multipart field `files` (one or more images; `file` also works)
     GET  /health                        liveness and batching counters
+    GET  /metrics                       Prometheus metrics (imgclf.deploy.metrics)
     GET  /model                         name, classes, input size, metrics, versions, model card
     GET  /docs                          OpenAPI docs, with Swagger UI served locally (works offline)
     GET  /                              a web page: drop images, see top-5 bars and a heatmap
 
 Requests that arrive together are batched into one model call: a single worker thread runs the
 model; a request waits at most `batch_window_ms` for others to join its batch, and requests that
-arrive while the model is busy queue up and form the next batch.
+arrive while the model is busy queue up and form the next batch. On shutdown (SIGTERM), uvicorn
+stops accepting connections and lets in-flight requests finish (up to `graceful_timeout` seconds);
+then the batcher answers what is still queued before its thread stops.
+
+Several worker processes: `imgclf serve --workers N` (imgclf.deploy.app, the app factory).
 
 Every bad input is answered with a 4xx and `{"error": "<one line>"}`: not multipart (415),
 a field other than `files`/`file` or no file (400), a zero-byte, non-image or truncated file
@@ -28,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,7 @@ from ..errors import DataError
 from ..data.images import MAX_PIXELS, to_rgb
 from ..runtime.classifier import Classifier, top_k
 from ..runtime.load import load_classifier
+from .batching import Batcher
 
 STATIC = Path(__file__).with_name("static")
 FILE_FIELDS = ("files", "file")
@@ -83,73 +88,6 @@ class BodyLimit:
             return message
 
         return await self.app(scope, counted, send)
-
-
-class Batcher:
-    """Collects concurrent requests into one model call, run on a single worker thread."""
-
-    def __init__(self, fn, window_ms: float = 2.0, max_batch: int = 64):
-        self.fn, self.window, self.max_batch = fn, window_ms / 1000.0, max_batch
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="imgclf-model")
-        self.queue: asyncio.Queue | None = None
-        self.task = None
-        self.calls = self.images = self.requests = 0
-
-    async def start(self):
-        self.queue = asyncio.Queue()
-        self.task = asyncio.create_task(self._loop())
-
-    async def stop(self):
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
-        self.executor.shutdown(wait=False)
-
-    async def run(self, fn, *args):
-        """Run any other model work (heatmaps) on the model thread, between batches."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        if self.queue is None:  # used without the app's lifespan (e.g. a plain TestClient)
-            return await self.run(self.fn, x)
-        fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((x, fut))
-        return await fut
-
-    async def _loop(self):
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await self.queue.get()]
-            n = len(items[0][0])
-            deadline = loop.time() + self.window
-            while n < self.max_batch:
-                try:
-                    remaining = deadline - loop.time()
-                    item = self.queue.get_nowait() if remaining <= 0 else \
-                        await asyncio.wait_for(self.queue.get(), remaining)
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                    break
-                items.append(item)
-                n += len(item[0])
-            batch = np.concatenate([x for x, _ in items])
-            try:
-                probs = await loop.run_in_executor(self.executor, self.fn, batch)
-            except Exception as e:  # noqa: BLE001  (handed to every waiting request)
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            self.calls += 1
-            self.images += n
-            self.requests += len(items)
-            start = 0
-            for x, fut in items:
-                if not fut.done():
-                    fut.set_result(probs[start:start + len(x)])
-                start += len(x)
 
 
 def _png_data_url(rgb: np.ndarray) -> str:
@@ -232,8 +170,32 @@ def model_info(clf: Classifier, explainer: Explainer | None = None) -> dict:
     return info
 
 
+def load_for_serving(path: str | Path, threads: int | None = None) -> Classifier:
+    """load_classifier, with `threads` intra-op threads for ONNX Runtime or TensorFlow (None: the
+    runtime's own choice). TensorFlow's thread pools are fixed once it has run an op: in a process
+    that already ran TensorFlow, `threads` does not change them."""
+    path = Path(path)
+    if threads and path.suffix == ".onnx":
+        from ..runtime.onnx_runtime import OnnxClassifier
+
+        return OnnxClassifier(path, threads=threads)
+    if threads and path.suffix == ".keras" and path.is_file():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:  # already initialised in this process
+                pass
+    return load_classifier(path)
+
+
 def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes: int = 20_000_000,
-               batch_window_ms: float = 2.0, max_batch: int = 64, heatmap: str = "auto", warmup: bool = True):
+               batch_window_ms: float = 2.0, max_batch: int = 64, heatmap: str = "auto", warmup: bool = True,
+               threads: int | None = None):
     """The FastAPI app serving `model` (a path to .keras/.onnx, or a loaded Classifier)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
@@ -243,9 +205,14 @@ def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    clf = model if isinstance(model, Classifier) else load_classifier(model)
+    from fastapi.responses import Response
+
+    from .metrics import Metrics, MetricsMiddleware
+
+    clf = model if isinstance(model, Classifier) else load_for_serving(model, threads)
     explainer = Explainer(clf, heatmap)
-    batcher = Batcher(_batched_fn(clf), batch_window_ms, max_batch)
+    metrics = Metrics(max_batch)
+    batcher = Batcher(_batched_fn(clf), batch_window_ms, max_batch, metrics)
     info = model_info(clf, explainer)
     if warmup:  # trace/compile now, not on the first request
         size = 1
@@ -260,10 +227,11 @@ def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes
         await batcher.start()
         yield
         await batcher.stop()
+        metrics.worker_exit()
 
     app = FastAPI(title="imgclf", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description=f"Image classifier `{info['name']}` ({clf.runtime}): {len(clf.class_names)} classes.")
-    app.state.classifier, app.state.batcher, app.state.info = clf, batcher, info
+    app.state.classifier, app.state.batcher, app.state.info, app.state.metrics = clf, batcher, info, metrics
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -308,6 +276,11 @@ def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes
         """Liveness, and how much batching has happened."""
         return {"status": "ok", "runtime": clf.runtime, "model_calls": batcher.calls,
                 "images": batcher.images, "requests": batcher.requests}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        body, media_type = metrics.render()
+        return Response(body, media_type=media_type)
 
     @app.get("/model")
     async def model_card():
@@ -366,6 +339,7 @@ def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes
 
     if max_bytes:
         app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees every answer
     return app
 
 
@@ -383,6 +357,10 @@ def _decode_all(blobs, names, clf: Classifier) -> np.ndarray:
     return np.stack(out)
 
 
+def _exit_normally(signum, frame):
+    raise SystemExit(0)
+
+
 def _swagger_assets() -> Path | None:
     try:
         import swagger_ui_bundle
@@ -392,15 +370,24 @@ def _swagger_assets() -> Path | None:
     return path if (path / "swagger-ui-bundle.js").is_file() else None
 
 
-def serve(model, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options) -> None:
-    """Run the app with uvicorn (blocking). Binds to 127.0.0.1 unless told otherwise."""
+def serve(model, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          graceful_timeout: float = 30.0, **options) -> None:
+    """Run the app with uvicorn in this process (blocking). Binds to 127.0.0.1 unless told otherwise.
+    SIGTERM: in-flight requests finish (up to `graceful_timeout` seconds), then a normal return."""
+    import signal
+    import threading
+
     import uvicorn
 
     app = create_app(model, **options)
     info = app.state.info
     print(f"serving {info['name']} ({info['runtime']}, {len(info['classes'])} classes) on http://{host}:{port}"
-          f"  (docs: /docs, page: /)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+          f"  (docs: /docs, page: /, metrics: /metrics)", flush=True)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the signal it shut down on once it has stopped: this handler then ends
+        # the process normally (exit status 0) instead of letting the signal kill it.
+        signal.signal(signal.SIGTERM, _exit_normally)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
 
 
 __all__ = ["create_app", "serve", "Batcher", "ApiError", "BodyLimit", "Explainer", "model_info", "MAX_PIXELS"]

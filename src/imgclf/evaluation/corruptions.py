@@ -118,10 +118,9 @@ def robustness(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np
     "mean_corrupted", "params", "seconds"}.
     """
     t0 = clock()
-    x = _check(x)
     y = np.asarray(y)
     index = subsample(len(y), n, seed)
-    xs, ys = x[index], y[index]
+    xs, ys = _check(x[index]), y[index]  # a streaming set decodes the subsample only
     if len(ys) == 0:
         raise ImgclfError("robustness: no images to corrupt")
     clean_pred = np.asarray(predict(xs)).argmax(axis=1)

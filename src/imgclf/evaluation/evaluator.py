@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import Dataset, ImageSet, files_hash, load_dataset
+from ..data.prefetch import image_chunks
 from ..errors import ImgclfError
 from ..fileio import write_json
 from ..progress import progress_bar
@@ -30,14 +31,23 @@ def _same_split(meta: dict, data: Dataset) -> bool:
     return bool(split) and split.get("train_files_hash") == files_hash(data.train.files)
 
 
-def _predict(clf, x: np.ndarray, tta: bool, bar, chunk: int = 2048) -> np.ndarray:
-    """clf.predict_proba(x, tta, calibrated=False) in chunks (multiples of its batch size, so the same
-    batches), advancing the progress bar."""
+def _predict(clf, images: ImageSet, tta: bool, bar, chunk: int = 2048) -> np.ndarray:
+    """clf.predict_proba(images, tta, calibrated=False) in chunks (multiples of its batch size, so the
+    same batches), advancing the progress bar. A set that streams from disk is decoded chunk by chunk,
+    ahead of the model, on several threads (prefetch.image_chunks): a few chunks in memory at a time."""
     out = []
-    for i in range(0, len(x), chunk):
-        out.append(clf.predict_proba(x[i:i + chunk], tta=tta, calibrated=False))
+    for x in image_chunks(images, chunk):
+        out.append(clf.predict_proba(x, tta=tta, calibrated=False))
         bar.update(len(out[-1]))
-    return np.concatenate(out) if out else clf.predict_proba(x, tta=tta, calibrated=False)
+    empty = np.zeros((0, *images.size, 3), np.uint8)
+    return np.concatenate(out) if out else clf.predict_proba(empty, tta=tta, calibrated=False)
+
+
+def _joined(a: ImageSet, b: ImageSet) -> ImageSet:
+    """`a` followed by `b` (the training folder's two splits, as one held-out set)."""
+    both = a.x is not None and b.x is not None
+    return ImageSet(np.concatenate([a.y, b.y]), a.files + b.files, np.concatenate([a.x, b.x]) if both else None,
+                    a.root, a.size, a.resize, a.decode, None if a.source is None else a.source.concat(b.source))
 
 
 @dataclass
@@ -92,11 +102,7 @@ def run_evaluation(model: str | Path, data: str | None = None, test_data: str | 
         sets = {"train": ds.train, "val": ds.val}
         note = "these are the model's own training images: train = its training split, val = its held-out split"
     else:
-        both = ds.train
-        full = ImageSet(np.concatenate([both.y, ds.val.y]), both.files + ds.val.files,
-                        None if both.x is None else np.concatenate([both.x, ds.val.x]), both.root, both.size, both.resize,
-                        both.decode)
-        sets = {"data": full}
+        sets = {"data": _joined(ds.train, ds.val)}
         note = "not the model's training images: all of them are reported as held-out data"
     if ds.test is not None:
         sets["test"] = ds.test
@@ -104,7 +110,7 @@ def run_evaluation(model: str | Path, data: str | None = None, test_data: str | 
     with progress_bar(sum(len(s) for s in sets.values()), "evaluate", None if verbose else False) as bar:
         for name, s in sets.items():
             # as train does: the training-set row is a single pass, the held-out rows use the TTA
-            results[name] = evaluate_arrays(_predict(clf, s.all_images(), tta and name != "train", bar), s.y)
+            results[name] = evaluate_arrays(_predict(clf, s, tta and name != "train", bar), s.y)
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -80,17 +80,34 @@ def folder_kind(folder: Path) -> str:
                       f"(expected config.yaml, metrics.json, trials.csv or repeats.json inside)")
 
 
+def _pieces(x, n: int):
+    """`x` n images at a time: slices of an array, or for a streaming set's view (ImageSet.all_images)
+    its images decoded ahead on several threads (prefetch.image_chunks)."""
+    from ..data.prefetch import ImageView, image_chunks
+
+    if isinstance(x, ImageView):
+        yield from image_chunks(x.images, n)
+    else:
+        for i in range(0, len(x), n):
+            yield x[i:i + n]
+
+
 def keras_predict(model, batch_size: int = 500) -> Predict:
     def predict(x: np.ndarray) -> np.ndarray:
-        out = [np.asarray(model.predict_on_batch(np.asarray(x[i:i + batch_size], np.float32)), np.float32)
-               for i in range(0, len(x), batch_size)]
+        out = [np.asarray(model.predict_on_batch(np.asarray(b, np.float32)), np.float32)
+               for b in _pieces(x, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
     return predict
 
 
-def classifier_predict(clf) -> Predict:
-    return lambda x: clf.predict_proba(x, calibrated=False)
+def classifier_predict(clf, chunk: int = 2048) -> Predict:
+    """clf.predict_proba, chunk by chunk (a multiple of its batch size: the same batches)."""
+    def predict(x: np.ndarray) -> np.ndarray:
+        out = [clf.predict_proba(b, calibrated=False) for b in _pieces(x, chunk)]
+        return np.concatenate(out) if out else clf.predict_proba(x[:0], calibrated=False)
+
+    return predict
 
 
 def run_val_set(cfg: dict, meta: dict | None, notes: list[str], data=None):

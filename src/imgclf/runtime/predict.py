@@ -11,8 +11,11 @@ from pathlib import Path
 from ..errors import DataError
 from ..progress import progress_bar
 from ..data.images import IMAGE_EXTENSIONS, check_regular_file, is_image_file
+from ..data.prefetch import ordered_map
 from .classifier import expand_paths, top_k
 from .load import load_classifier
+
+PARALLEL_MIN = 2048  # images from which predict decodes ahead on several threads
 
 
 def check_inputs(paths) -> None:
@@ -42,10 +45,13 @@ def predict(model: str | Path, paths, k: int = 5, batch_size: int = 256, tta: bo
     check_inputs(paths)  # before expand_paths, which would skip or open odd entries
     files = expand_paths(paths)
     out = []
+    chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    # many images: the next batches are decoded on other threads while the model runs (Grain, if
+    # installed; prefetch.py), a few batches in memory at a time. Few: no thread start-up cost.
+    threads = None if len(files) >= PARALLEL_MIN else 1
     with progress_bar(len(files), "predict", progress) as bar:
-        for i in range(0, len(files), batch_size):
-            chunk = files[i:i + batch_size]
-            probs = clf.predict_proba(clf.load_images(chunk), tta=tta)
+        for chunk, x in zip(chunks, ordered_map(lambda c: clf.load_images(chunks[c]), len(chunks), threads)):
+            probs = clf.predict_proba(x, tta=tta)
             out.extend({"file": str(f), "top": t} for f, t in zip(chunk, top_k(probs, clf.class_names, k)))
             bar.update(len(chunk))
     return out

@@ -30,13 +30,14 @@ import numpy as np
 
 from .. import __version__
 from ..config import TrainConfig, make_config, read_config_file, save_config
+from ..data import stream
 from ..data.dataset import Dataset, ImageSet, class_weights, load_dataset
 from ..errors import ConfigError, ImgclfError
 from ..fileio import write_json
 from ..models.registry import init_from_data
 from ..runtime.classifier import tta_views
 from ..runtime.modelfile import save_model
-from . import finetune
+from . import distribute, finetune
 from .batches import Batches, one_hot_labels
 from .callbacks import BudgetProgress, EarlyStop, Lookahead, RunState, Schedule, SwapEMA
 from .optimizers import build_compiled_model
@@ -98,6 +99,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     else:
         cfg = make_config(config, **overrides)
     cfg = finetune.resolve(cfg)  # init_from: the file checked, its sha256 recorded in the run's config
+    replicas = distribute.setup(cfg, resumed=resume is not None)  # --devices: checked before anything is written
 
     if cfg.tensorboard:
         import importlib.util
@@ -124,13 +126,14 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         cfg = plan_config(cfg, facts, explicit, verbose=bool(verbose))
 
     _set_determinism(cfg)
-    model = build_compiled_model(cfg, num_classes)
-    # data-dependent init (fastnet's whitening layer), from an evenly spaced sample: deterministic,
-    # so a resumed run computes the same filters (and BackupAndRestore restores them anyway)
-    if not cfg.init_from:  # a fine-tuned backbone keeps the whitening filters it was trained with
-        init_from_data(model, data.train.images(np.arange(0, len(data.train), max(1, len(data.train) // 5000))))
+    with replicas.scope():  # several devices: variables replicated (TensorFlow: batch norm synchronised)
+        model = replicas.prepare(build_compiled_model(cfg, num_classes))
+        # data-dependent init (fastnet's whitening layer), from an evenly spaced sample: deterministic,
+        # so a resumed run computes the same filters (and BackupAndRestore restores them anyway)
+        if not cfg.init_from:  # a fine-tuned backbone keeps the whitening filters it was trained with
+            init_from_data(model, data.train.images(np.arange(0, len(data.train), max(1, len(data.train) // 5000))))
 
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    run_dir = replicas.run_dir(Path(run_dir) if run_dir else default_run_dir(cfg))
     if resume is None:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ImgclfError(f"{run_dir}: run directory exists and is not empty (use --resume to continue it)")
@@ -139,9 +142,11 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
 
     one_hot = one_hot_labels(cfg)
     weights = class_weights(data.train.y, num_classes) if cfg.class_weight == "balanced" else None
-    train_batches = Batches(data.train, cfg.batch_size, num_classes, train=True, seed=cfg.seed, cfg=cfg,
-                            one_hot=one_hot, sample_weights=weights)
-    val_batches = Batches(data.val, 256, num_classes, one_hot=one_hot)
+    train_batches = replicas.batches(Batches(data.train, cfg.batch_size, num_classes, train=True, seed=cfg.seed,
+                                             cfg=cfg, one_hot=one_hot, sample_weights=weights))
+    val_batches = replicas.batches(Batches(data.val, 256, num_classes, one_hot=one_hot))  # several devices: even
+    # a set that streams from disk is read ahead in parallel (data/stream.py): the same batches, in order
+    train_batches, val_batches = stream.wrap(train_batches, data.train), stream.wrap(val_batches, data.val)
     epochs = cfg.epochs if not cfg.time_budget else 10_000
 
     cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True, delete_checkpoint=False),
@@ -164,8 +169,11 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     t_fit = time.perf_counter()
     # shuffle=False: Batches shuffles by (seed, epoch) itself; Keras would shuffle batch order with
     # Python's global random state, which a resumed run cannot reproduce.
-    model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose, callbacks=cbs,
-              shuffle=False)
+    if verbose and replicas.engine is not None:
+        print(replicas.describe(), flush=True)
+    with replicas.scope():
+        model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose, callbacks=cbs,
+                  shuffle=False)
     fit_seconds = time.perf_counter() - t_fit
 
     chosen = "final"
@@ -177,10 +185,11 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         if stopped and verbose:
             print(stopped.outcome(json.loads(best_json.read_text()), None if cfg.time_budget else cfg.epochs))
     precision = model.dtype_policy.name  # "auto" resolved
-    if precision != "float32" or cfg.bias_lr_scale != 1.0 or cfg.backbone_lr_scale != 1.0:
+    if precision != "float32" or cfg.bias_lr_scale != 1.0 or cfg.backbone_lr_scale != 1.0 or replicas.replicas > 1:
         # evaluate and save a float32 model compiled with Keras' own SGD: portable (no imgclf class
         # in the file), and what users will run. Variables are float32 under every mixed policy,
-        # so the copy is exact.
+        # so the copy is exact. After several devices the copy also leaves the distribution (one
+        # device, plain batch norm), so evaluation and the saved file are those of a one-device run.
         trained = model
         model = build_compiled_model(dataclasses.replace(cfg, precision="float32", bias_lr_scale=1.0,
                                                          backbone_lr_scale=1.0), num_classes)
@@ -196,7 +205,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         sets["test"] = data.test
     def predict(images: ImageSet, tta: bool) -> np.ndarray:
         if not tta:
-            return model.predict(Batches(images, 256, num_classes), verbose=0)
+            return model.predict(stream.wrap(Batches(images, 256, num_classes), images), verbose=0)
         # test-time augmentation, the same views and weights as Classifier.predict_proba(tta=True); batch by
         # batch (the same numbers as model.predict on the array, without the tf.data pipeline whose rewrite
         # under op determinism logs "E0000 ... use_unbounded_threadpool" on every run)

@@ -1,0 +1,129 @@
+"""Ordered, parallel, bounded reading ahead of decoded images, through Grain.
+
+`ordered_map(fn, n)` yields fn(start), fn(start + 1), ..., fn(n - 1) in that order, computed ahead
+on Grain's thread pool with a bounded buffer: memory holds at most `buffer` results whatever n is.
+Pillow releases the GIL while it decodes and resizes, so threads decode in parallel. Without Grain
+(the ONNX-only install) the same results come one at a time, in the calling thread.
+
+This module loads neither Keras nor Grain at import (runtime/ and the ONNX-only predict use it);
+Grain, which loads jax, is imported on first use only.
+
+    IMGCLF_STREAM_THREADS   decoding threads (default: one per CPU)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import ConfigError
+
+PIECE = 256  # images per decoding task of image_chunks
+
+
+def default_threads() -> int:
+    raw = os.environ.get("IMGCLF_STREAM_THREADS", "")
+    if not raw:
+        return max(1, os.cpu_count() or 1)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise ConfigError(f"IMGCLF_STREAM_THREADS: expected a whole number from 1 to 256, got {raw!r}")
+    return value
+
+
+def grain_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("grain") is not None
+
+
+def ordered_map(fn: Callable[[int], object], n: int, threads: int | None = None, buffer: int | None = None,
+                start: int = 0) -> Iterator:
+    """fn(i) for i in range(start, n), in order, `threads` of them computed ahead (at most `buffer`
+    waiting). An exception from fn is raised when its result's turn comes."""
+    if start >= n:
+        return
+    threads = threads or default_threads()
+    if threads <= 1 or not grain_available():
+        for i in range(start, n):
+            yield fn(i)
+        return
+    import grain
+
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer or 2 * threads)
+    it = iter(grain.MapDataset.range(start, n).map(fn).to_iter_dataset(options))
+    try:
+        yield from it
+    finally:
+        it.close()  # stops the threads of an iterator left before its end
+
+
+def image_chunks(images, chunk: int = 2048, threads: int | None = None) -> Iterator[np.ndarray]:
+    """An ImageSet's images in order, `chunk` at a time: slices of the array if it is in memory,
+    else decoded ahead in pieces of PIECE images on `threads` threads (a few chunks in memory)."""
+    n = len(images)
+    if images.x is not None:
+        for i in range(0, n, chunk):
+            yield images.x[i:i + chunk]
+        return
+    per = max(1, chunk // PIECE)
+    pieces = ordered_map(lambda p: images.images(np.arange(p * PIECE, min((p + 1) * PIECE, n))),
+                         -(-n // PIECE), threads, buffer=2 * per)
+    group = []
+    for piece in pieces:
+        group.append(piece)
+        if len(group) == per:
+            yield np.concatenate(group)
+            group = []
+    if group:
+        yield np.concatenate(group)
+
+
+def decode_all(images, threads: int | None = None, bar=None) -> np.ndarray:
+    """Every image of a streaming ImageSet, decoded in parallel into one uint8 array."""
+    h, w = images.size
+    out = np.empty((len(images), h, w, 3), np.uint8)
+    at = 0
+    for x in image_chunks(images, PIECE, threads):
+        out[at:at + len(x)] = x
+        at += len(x)
+        if bar is not None:
+            bar.update(len(x))
+    return out
+
+
+class ImageView:
+    """A streaming ImageSet seen as a read-only uint8 array (n, h, w, 3): indexing (an int, a slice
+    or an index array) decodes only the images asked for; np.asarray(view) decodes them all."""
+
+    def __init__(self, images):
+        self.images = images
+        h, w = images.size
+        self.shape, self.dtype, self.ndim = (len(images), h, w, 3), np.dtype(np.uint8), 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.images.images(np.asarray([key]))[0]
+        if isinstance(key, slice):
+            key = np.arange(len(self))[key]
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        if len(key) == 0:
+            return np.zeros((0, *self.shape[1:]), np.uint8)
+        return self.images.images(key)
+
+    def __array__(self, dtype=None, copy=None):
+        x = decode_all(self.images)
+        return x if dtype is None else x.astype(dtype)
+
+
+__all__ = ["ordered_map", "image_chunks", "decode_all", "ImageView", "default_threads", "grain_available"]
