@@ -26,12 +26,12 @@ WORKER = Path(__file__).with_name("distribute_worker.py")
 # per device, then across devices); 16 steps at fast94's high learning rate (64x for the BN shifts)
 # and lookahead let those roundings grow; a real fault (batch norm per replica, a loss or update
 # counted per device) moves the weights by whole units.
-# Measured on the 2-core CPU (bench/README.md): JAX 2.9e-2 (weights) and 6.4e-5 (loss), TensorFlow
-# 3.1e-3 and 1.1e-6; with unsynchronised batch norm TensorFlow's runs end 6.3 and 2.2e-2 apart.
+# The differences measured, and those of unsynchronised batch norm: bench/README.md ("Data-parallel
+# training on virtual devices").
 TOLERANCE = {"jax": {"weights": 0.2, "loss": 1e-3}, "tensorflow": {"weights": 3e-2, "loss": 2e-5}}
 
 
-@pytest.mark.slow  # 4 training runs each (compiling 1- and 2-device steps): about 2 minutes per backend here
+@pytest.mark.slow  # 4 training runs each (compiling 1- and 2-device steps)
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_two_devices_match_one_and_resume_exactly(backend, tmp_path):
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
