@@ -115,3 +115,9 @@ def test_photo_augmentations_leave_the_older_draws_alone():
 def test_out_of_range_photo_augmentation_is_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         make_config(**{field: value})
+
+
+def test_a_shift_as_long_as_the_image_is_refused_before_training():
+    with pytest.raises(ConfigError, match="augment_translate.*input_size"):
+        make_config(input_size=8, augment_translate=8)
+    assert make_config(input_size=8, augment_translate=7).augment_translate == 7

@@ -194,3 +194,25 @@ def test_sigterm_lets_the_request_in_flight_finish():
     r = result["response"]
     assert r.status_code == 200 and len(r.json()["predictions"][0]["top"]) == 5, r.text
     assert proc.returncode == 0, out[-3000:]
+
+
+def test_an_onnx_model_with_batches_of_one_warms_up_and_serves():
+    """The warm-up once multiplied the batch size by max_batch: with --max-batch 1 it never ended."""
+    from imgclf.deploy.serve import create_app
+
+    onnx_model = Path(__file__).resolve().parents[1] / "src" / "imgclf" / "runtime" / "pretrained" / "cifar10.onnx"
+    apps = []
+    worker = threading.Thread(target=lambda: apps.append(create_app(onnx_model, max_batch=1)), daemon=True)
+    worker.start()
+    worker.join(HANG)
+    assert apps, "create_app(max_batch=1) did not return"
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-window-ms", "inf"), ("--max-mb", "inf"),
+                                        ("--graceful-timeout", "nan"), ("--batch-window-ms", "1e9")])
+def test_serve_refuses_unbounded_timing_flags(flag, value, capsys):
+    from imgclf.cli import main
+
+    assert main(["serve", "--pretrained", "cifar10", flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and flag in err[0]

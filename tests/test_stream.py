@@ -215,6 +215,13 @@ def test_a_packed_set_with_bad_labels_or_records_is_refused(colour_folder, tmp_p
     np.savez(good, labels=labels, files=np.asarray([[1]] * len(files)))
     with pytest.raises(DataError, match="files: expected"):
         load_dataset(str(packed))
+    for name in ("../../etc/passwd", "red/a\nb.png", "x" * 2000):  # outside the folder, a control character, too long
+        np.savez(good, labels=labels, files=np.asarray([name] + [str(f) for f in files[1:]]))
+        with pytest.raises(DataError, match="files: expected|not a label file"):
+            load_dataset(str(packed))
+    np.savez(good, labels=labels, files=files, extra=np.zeros(10))  # a member the format does not have
+    with pytest.raises(DataError, match="not a label file"):
+        load_dataset(str(packed))
     shutil.copy(keep, good)
     index = json.loads((packed / "index.json").read_text())
     shard = packed / index["splits"]["train"]["shards"][0]
@@ -222,3 +229,15 @@ def test_a_packed_set_with_bad_labels_or_records_is_refused(colour_folder, tmp_p
     assert main(["train", "--data", str(packed), "--recipe", "seed", "--epochs", "1",
                  "--out", str(tmp_path / "run")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["8G", "nan", "-1", "0", "inf"])
+def test_a_bad_memory_limit_is_one_error_line(value, monkeypatch):
+    from imgclf.data.dataset import streams
+    from imgclf.errors import ConfigError
+
+    monkeypatch.setenv("IMGCLF_MAX_MEMORY_GB", value)
+    with pytest.raises(ConfigError, match="IMGCLF_MAX_MEMORY_GB"):
+        streams(10, (32, 32))
+    monkeypatch.setenv("IMGCLF_MAX_MEMORY_GB", "0.5")  # 2**29 bytes: 2**29 / 3072 images of 32x32 fit
+    assert not streams(2**29 // 3072, (32, 32)) and streams(2**29 // 3072 + 1, (32, 32))

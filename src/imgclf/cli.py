@@ -193,8 +193,10 @@ def cmd_serve(args) -> int:
     for name in ("max_files", "max_batch", "workers", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ImgclfError(f"--{name.replace('_', '-')}: expected an integer >= 1")
-    if not (args.max_mb > 0 and args.batch_window_ms >= 0 and args.graceful_timeout >= 0):  # (NaN fails all)
-        raise ImgclfError("--max-mb must be > 0, --batch-window-ms and --graceful-timeout >= 0")
+    if not (0 < args.max_mb <= 1e6 and 0 <= args.batch_window_ms <= 60_000
+            and 0 <= args.graceful_timeout <= 3600):  # (NaN and inf fail too)
+        raise ImgclfError("--max-mb must be in (0, 1e6], --batch-window-ms in [0, 60000] and "
+                          "--graceful-timeout in [0, 3600]")
     settings = Settings(model, max_files=args.max_files, max_bytes=int(args.max_mb * 1e6), threads=args.threads,
                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, heatmap=args.heatmap)
     run(settings, workers=args.workers, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)

@@ -154,6 +154,9 @@ class TrainConfig:
         if cfg.bias_lr_scale != 1.0 and cfg.optimizer != "sgd":
             raise ConfigError(f"config: field 'bias_lr_scale' expects 1 unless optimizer is sgd (Adam's steps "
                               f"do not scale with the gradient), got {quote(cfg.bias_lr_scale)}")
+        if cfg.augment_translate >= cfg.input_size:  # reflect padding needs a shift shorter than the image
+            raise ConfigError(f"config: field 'augment_translate' expects fewer pixels than input_size "
+                              f"({cfg.input_size}), got {quote(cfg.augment_translate)}")
         return cfg
 
     def to_dict(self) -> dict:

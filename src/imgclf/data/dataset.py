@@ -5,13 +5,11 @@ An image folder is `root/<class>/*.{png,jpg,jpeg,bmp,webp}`. If `root` has a `tr
 test set, and `root/validation/` (or `val/`, `valid/`), if present, the validation split, with the
 same class folders as `train/`. Without one, a seeded, stratified validation split is carved out
 of the training images. How the split was made and a hash of its file lists travel with the model.
-
 A folder written by `imgclf pack` (records.py) loads as its image folder would, from its records.
 
-Decoded images are cached as uint8 arrays keyed by (file list, sizes, mtimes, input size,
-resize rule, decode rule), so the second run does not decode 50,000 files again. Decoding runs on a
-thread pool, with a progress bar on stderr for large sets. Sets larger than
-IMGCLF_MAX_MEMORY_GB (default 8) are not loaded at all: their batches are decoded from disk.
+Decoded images are cached as uint8 arrays keyed by (file list, sizes, mtimes, input size, resize rule,
+decode rule): a second run does not decode again. Decoding runs on a thread pool, with a progress bar
+on stderr for large sets. Sets over IMGCLF_MAX_MEMORY_GB (default 8) stream: decoded batch by batch.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, quote
+from ..errors import ConfigError, DataError, quote
 from ..fileio import atomic_write
 from ..progress import progress_bar
 from .images import DEFAULT_DECODE, IMAGE_EXTENSIONS, check_regular_file, to_rgb
@@ -230,7 +228,11 @@ def _decode_images(root: Path, files, size, resize, decode, skip_bad, use_cache,
 
 
 def _max_memory_bytes() -> float:
-    return float(os.environ.get("IMGCLF_MAX_MEMORY_GB", 8)) * 2**30
+    text = os.environ.get("IMGCLF_MAX_MEMORY_GB", "8")
+    gb = float(text) if text.strip().replace(".", "", 1).isdigit() else 0.0  # a plain decimal number
+    if not gb > 0:
+        raise ConfigError(f"IMGCLF_MAX_MEMORY_GB: expected a number of gigabytes > 0, got {text[:40]!r}")
+    return gb * 2**30
 
 
 def streams(n: int, size) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ INDEX = "index.json"
 SPLITS = ("train", "val", "test")
 MAX_INDEX_BYTES = 4 * 2**20
 MAX_CLASSES = 100_000
+MAX_NAME = 1024  # characters of a file name in a label file
 MAX_SHARDS = 65_536
 MAX_IMAGES = 2**31 - 1
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")  # a plain name inside the folder, no path
@@ -165,6 +167,12 @@ def _check_split(folder: Path, field: str, info, num_classes: int) -> None:
     _name(folder, f"{field}.labels", info.get("labels"), ".npz")
 
 
+def _relative_name(name: str) -> bool:
+    """A file name as list_folder gives them: relative, '/'-separated, no '..', no control characters."""
+    return (0 < len(name) <= MAX_NAME and not name.startswith("/") and "\\" not in name
+            and ".." not in name.split("/") and not any(ord(c) < 32 or ord(c) == 127 for c in name))
+
+
 def open_split(folder: str | Path, index: dict, split: str) -> PackedSplit:
     """One split of a packed folder whose index passed read_index: its label file and shards
     checked against the index (labels, names, record counts), nothing decoded."""
@@ -173,19 +181,23 @@ def open_split(folder: str | Path, index: dict, split: str) -> PackedSplit:
     folder = Path(folder)
     info, num_classes = index["splits"][split], len(index["class_names"])
     where = folder / info["labels"]
-    try:
+    n = info["count"]
+    try:  # bounded before anything is inflated: int64 labels and names of at most MAX_NAME characters
+        with zipfile.ZipFile(where) as zf:
+            sizes = {m.filename: m.file_size for m in zf.infolist()}
+        if set(sizes) != {"labels.npy", "files.npy"} or sum(sizes.values()) > 4096 + n * (8 + 4 * MAX_NAME):
+            raise ValueError(f"members {sorted(sizes)[:4]} of {sum(sizes.values()):,} bytes for {n:,} images")
         with np.load(where, allow_pickle=False) as z:
             labels, files = z["labels"], z["files"]
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{where}: not a label file (expected labels and files arrays; {e})") from None
-    n = info["count"]
     if labels.dtype.kind not in "iu" or labels.shape != (n,):
         raise DataError(f"{where}: labels: expected {n:,} whole numbers, got {labels.dtype} {labels.shape}")
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{where}: labels: expected class numbers from 0 to {num_classes - 1}")
     if np.bincount(labels, minlength=num_classes).tolist() != info["class_counts"]:
         raise DataError(f"{where}: labels: the images per class differ from {INDEX}'s splits.{split}.class_counts")
-    if files.dtype.kind != "U" or files.shape != (n,) or any(not f or "\0" in f or f.startswith("/") for f in files):
+    if files.dtype.kind != "U" or files.shape != (n,) or not all(_relative_name(str(f)) for f in files):
         raise DataError(f"{where}: files: expected {n:,} relative file names, got {files.dtype} {files.shape}")
     try:
         source = ArrayRecordDataSource([str(folder / s) for s in info["shards"]])

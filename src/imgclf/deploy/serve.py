@@ -215,10 +215,11 @@ def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes
     batcher = Batcher(_batched_fn(clf), batch_window_ms, max_batch, metrics)
     info = model_info(clf, explainer)
     if warmup:  # trace/compile now, not on the first request
-        size = 1
-        while size <= max_batch:
+        # Keras traces each power of two up to max_batch; ONNX Runtime needs one small and one full batch
+        sizes = [2 ** i for i in range(max_batch.bit_length()) if 2 ** i <= max_batch] \
+            if clf.runtime == "keras" else sorted({1, max_batch})
+        for size in sizes:
             batcher.fn(np.zeros((size, clf.input_size, clf.input_size, 3), np.uint8))
-            size *= 2 if clf.runtime == "keras" else max_batch
 
     from contextlib import asynccontextmanager
 
