@@ -86,3 +86,28 @@ def test_devices_flag_and_field():
     assert make_config().devices == 1  # the default: one device, no distribution
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--devices", "many"])
+
+
+@pytest.mark.parametrize("tf_config,expected", [
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}', (2, 1)),
+    ("", (1, 0)),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief"}}', (2, 0)),
+])
+def test_tf_config_gives_the_workers_and_this_ones_index(tf_config, expected, monkeypatch):
+    from imgclf.training.distribute import process_count
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert process_count() == expected
+
+
+@pytest.mark.parametrize("tf_config", ["{not json", "[1, 2]", '{"cluster": {"worker": "a:1"}}',
+                                       '{"cluster": {"worker": ["a:1"]}, "task": {"index": 3}}',
+                                       '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"index": "1"}}'])
+def test_a_malformed_tf_config_is_one_error_line(tf_config, monkeypatch):
+    from imgclf.errors import ConfigError
+    from imgclf.training.distribute import process_count
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ConfigError, match="^TF_CONFIG") as e:
+        process_count()
+    assert "\n" not in str(e.value)

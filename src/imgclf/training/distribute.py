@@ -39,21 +39,46 @@ import keras
 from ..config import TrainConfig
 from ..errors import ConfigError
 
+MAX_PROCESSES = 100_000  # hosts of a multi-host launch
+
 
 def process_count() -> tuple[int, int]:
-    """(processes, this process's index) of a multi-host launch, from the environment."""
+    """(processes, this process's index) of a multi-host launch, from the environment (checked:
+    a malformed value is one ConfigError line naming the variable)."""
     if keras.backend.backend() == "tensorflow":
-        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        workers = (spec.get("cluster") or {}).get("worker") or []
-        task = spec.get("task") or {}
-        return max(1, len(workers)), int(task.get("index", 0)) if task.get("type", "worker") == "worker" else 0
+        return _tf_config(os.environ.get("TF_CONFIG") or "{}")
+    names = ("KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
     try:
-        count = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES") or 1)
-        index = int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID") or 0)
+        count = int(os.environ.get(names[0]) or 1)
+        index = int(os.environ.get(names[1]) or 0)
     except ValueError:
-        raise ConfigError("KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID: expected whole "
-                          "numbers") from None
-    return max(1, count), index
+        raise ConfigError(f"{names[0]} and {names[1]}: expected whole numbers") from None
+    if not 1 <= count <= MAX_PROCESSES or not 0 <= index < count:
+        raise ConfigError(f"{names[0]} and {names[1]}: expected 1 to {MAX_PROCESSES} processes and an id "
+                          f"from 0 to processes - 1, got {count} and {index}")
+    return count, index
+
+
+def _tf_config(text: str) -> tuple[int, int]:
+    """(workers, this worker's index) from TF_CONFIG's JSON: cluster.worker, task.type and task.index."""
+    try:
+        spec = json.loads(text) if len(text) <= 1_000_000 else None
+    except ValueError:
+        spec = None
+    cluster = spec.get("cluster", {}) if isinstance(spec, dict) else None
+    workers = cluster.get("worker", []) if isinstance(cluster, dict) else None
+    task = spec.get("task", {}) if isinstance(spec, dict) else None
+    if not (isinstance(workers, list) and len(workers) <= MAX_PROCESSES and all(isinstance(w, str) for w in workers)
+            and isinstance(task, dict)):
+        raise ConfigError("TF_CONFIG: expected JSON like {\"cluster\": {\"worker\": [\"host:port\", ...]}, "
+                          "\"task\": {\"type\": \"worker\", \"index\": 0}}")
+    if task.get("type", "worker") != "worker":
+        return max(1, len(workers)), 0
+    index = task.get("index", 0)
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < max(1, len(workers)):
+        raise ConfigError(f"TF_CONFIG: task.index: expected a worker number from 0 to {max(1, len(workers)) - 1}, "
+                          f"got {str(index)[:40]!r}")
+    return max(1, len(workers)), index
 
 
 def visible_devices(backend: str) -> list:
