@@ -143,6 +143,20 @@ def run_child(path: str, data: Path, work: Path, args) -> dict:
     return json.loads(out.read_text())
 
 
+def dump_results(results: dict) -> str:
+    """The results as indented JSON, each path's RSS samples on one line (thousands of [t, step, MB]
+    triples, which indent=1 would spread over three lines each)."""
+    compact = {}
+    for name, r in results.items():
+        if isinstance(r, dict) and isinstance(r.get("rss_mb"), dict) and "samples" in r["rss_mb"]:
+            compact[name] = json.dumps(r["rss_mb"]["samples"], separators=(",", ":"))
+            results = {**results, name: {**r, "rss_mb": {**r["rss_mb"], "samples": f"@samples:{name}@"}}}
+    text = json.dumps(results, indent=1)
+    for name, samples in compact.items():
+        text = text.replace(json.dumps(f"@samples:{name}@"), samples)
+    return text + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=200_000)
@@ -190,7 +204,7 @@ def main() -> None:
                 print(f"throughput {name} / memory: {results[f'ratio_{name}']:.3f} (target >= 0.9)")
         results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        args.out.write_text(dump_results(results))
         print(f"wrote {args.out}")
     finally:
         if not args.keep and not args.work:
