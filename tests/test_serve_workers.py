@@ -72,16 +72,59 @@ def test_settings_from_the_environment():
     from imgclf.deploy.app import Settings, settings_from_env
     from imgclf.errors import ImgclfError
 
-    s = Settings(Path("m.onnx"), max_files=3, batch_window_ms=7.5, threads=2, heatmap="none")
+    s = Settings(Path("m.onnx"), max_files=3, batch_window_ms=7.5, threads=2, heatmap="none", graceful_timeout=4.5)
     assert settings_from_env(s.to_env()) == s
     assert settings_from_env({"IMGCLF_SERVE_MODEL": "m.onnx"}) == Settings(Path("m.onnx"))
     bad = {"IMGCLF_SERVE_MAX_BATCH": "0", "IMGCLF_SERVE_THREADS": "two", "IMGCLF_SERVE_BATCH_WINDOW_MS": "nan",
-           "IMGCLF_SERVE_HEATMAP": "grad"}
+           "IMGCLF_SERVE_HEATMAP": "grad", "IMGCLF_SERVE_GRACEFUL_TIMEOUT": "inf"}
     for key, value in bad.items():
         with pytest.raises(ImgclfError, match=f"^{key}: expected .*got '{value}'"):
             settings_from_env({"IMGCLF_SERVE_MODEL": "m.onnx", key: value})
     with pytest.raises(ImgclfError, match="^IMGCLF_SERVE_MODEL: not set"):
         settings_from_env({})
+
+
+def test_batcher_drains_for_the_time_it_was_given():
+    """stop() waits for the queue for the batcher's own drain_s: with 0 a queued request is dropped,
+    with a timeout it is answered before the model thread stops."""
+    import asyncio
+
+    import numpy as np
+
+    from imgclf.deploy.batching import Batcher
+
+    async def queued_then_stopped(drain_s: float) -> asyncio.Task:
+        batcher = Batcher(lambda x: x * 2, window_ms=0, drain_s=drain_s)
+        await batcher.start()
+        request = asyncio.create_task(batcher.submit(np.ones((1, 2))))
+        await asyncio.sleep(0)  # the request is in the queue, the batch loop has not taken it yet
+        assert not batcher.queue.empty()
+        await batcher.stop()
+        return request
+
+    assert Batcher(None, drain_s=4.5).drain_s == 4.5
+    dropped = asyncio.run(queued_then_stopped(0.0))
+    assert not dropped.done() or dropped.cancelled()
+    answered = asyncio.run(queued_then_stopped(float(HANG)))
+    assert answered.done() and answered.result().tolist() == [[2.0, 2.0]]
+
+
+def test_graceful_timeout_reaches_the_batcher(monkeypatch):
+    """--graceful-timeout travels to the batcher's drain: through the environment to the app factory
+    (--workers N), and as an argument to serve() in one process."""
+    from imgclf.deploy import app, serve
+    from imgclf.deploy.app import Settings
+
+    monkeypatch.setenv("IMGCLF_SERVE_MODEL", str(ONNX))
+    monkeypatch.setenv("IMGCLF_SERVE_HEATMAP", "none")
+    monkeypatch.setenv("IMGCLF_SERVE_MAX_BATCH", "1")
+    monkeypatch.setenv("IMGCLF_SERVE_GRACEFUL_TIMEOUT", "7.5")
+    assert app.create_app().state.batcher.drain_s == 7.5
+    assert serve.create_app(ONNX, heatmap="none", warmup=False, graceful_timeout=2.5).state.batcher.drain_s == 2.5
+    calls = []
+    monkeypatch.setattr(serve, "serve", lambda model, **kw: calls.append(kw))
+    app.run(Settings(ONNX), graceful_timeout=3.0)
+    assert calls and calls[0]["graceful_timeout"] == 3.0
 
 
 def test_factory_with_a_bad_setting_is_one_error_line():

@@ -231,6 +231,43 @@ def test_a_packed_set_with_bad_labels_or_records_is_refused(colour_folder, tmp_p
     assert "error:" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def open_shards(folder) -> set:
+    """The shard files of `folder` this process holds open."""
+    import os
+
+    fds = os.listdir("/proc/self/fd")
+    targets = set()
+    for fd in fds:
+        try:
+            targets.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed since the listing
+            pass
+    return {t for t in targets if t.startswith(str(folder)) and t.endswith(".array_record")}
+
+
+def test_records_close_their_readers(colour_folder, tmp_path, monkeypatch):
+    from imgclf.data.records import open_split, read_index
+
+    packed = (tmp_path / "packed").resolve()
+    pack(colour_folder, packed, shards=2)
+    records = open_split(packed, read_index(packed), "train").records
+    view = records.take([len(records) - 1, 0])  # a record from each shard
+    first = view[1]
+    assert view[0] and len(open_shards(packed)) == 2  # reading opened both shards
+    with records as same:
+        assert same is records
+    assert open_shards(packed) == set()  # closing the set closed its views' readers too
+    assert view[1] == first and len(open_shards(packed)) == 1  # a later read opens its shard again
+    view.close()
+    assert open_shards(packed) == set()
+    # loading a packed folder that fits in memory leaves no shard open; a streaming one still reads
+    data = load_dataset(str(packed), input_size=16)
+    assert data.train.x is not None and open_shards(packed) == set()
+    monkeypatch.setenv("IMGCLF_MAX_MEMORY_GB", TINY)
+    streamed = load_dataset(str(packed), input_size=16)
+    assert streamed.train.x is None and np.array_equal(streamed.train.images([0, 1]), data.train.x[:2])
+
+
 @pytest.mark.parametrize("value", ["8G", "nan", "-1", "0", "inf"])
 def test_a_bad_memory_limit_is_one_error_line(value, monkeypatch):
     from imgclf.data.dataset import streams

@@ -294,7 +294,7 @@ def packed_set(part, root: Path, size, resize, decode, progress, prefix: str = "
         return s
     from .prefetch import decode_all
 
-    with progress_bar(len(files), f"decoding {root.name}", progress, minimum=PROGRESS_MIN) as bar:
+    with progress_bar(len(files), f"decoding {root.name}", progress, minimum=PROGRESS_MIN) as bar, part.records:
         s.x = decode_all(s, bar=bar)
     return s
 

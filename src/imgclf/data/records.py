@@ -51,10 +51,28 @@ def is_packed(data) -> bool:
 
 class Records:
     """Encoded images by index over one or more splits' ArrayRecord sources: records[i] are the
-    bytes of image i. take() and concat() give views with the same sources (nothing is read)."""
+    bytes of image i. take() and concat() give views with the same sources (nothing is read).
+
+    The sources open a shard's reader when a record of it is first read; close() (or leaving a
+    `with records:` block) closes the readers open so far, those of every view sharing the
+    sources. A later read opens its shard again, so closing never breaks a view still in use; it
+    must not run while another thread reads."""
 
     def __init__(self, sources: tuple, which: np.ndarray, index: np.ndarray, names: list[str]):
         self.sources, self.which, self.index, self.names = sources, which, index, names  # names: for messages
+
+    def close(self) -> None:
+        for source in self.sources:
+            if hasattr(source, "close"):
+                source.close()
+            elif hasattr(source, "__exit__"):  # ArrayRecordDataSource closes its readers on exit
+                source.__exit__(None, None, None)
+
+    def __enter__(self) -> "Records":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return len(self.index)

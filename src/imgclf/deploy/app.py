@@ -46,6 +46,7 @@ class Settings:
     max_batch: int = 64
     heatmap: str = "auto"
     threads: int | None = None  # intra-op threads of ONNX Runtime / TensorFlow (None: the runtime's own)
+    graceful_timeout: float = 30.0  # on shutdown: in-flight requests, then the batcher's queue (seconds)
 
     def options(self) -> dict:
         """Keyword arguments of serve.create_app."""
@@ -78,6 +79,13 @@ def _window(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 3600:  # NaN fails too
+        raise ValueError
+    return value
+
+
 def _heatmap(text: str) -> str:
     if text not in HEATMAPS:
         raise ValueError
@@ -85,9 +93,10 @@ def _heatmap(text: str) -> str:
 
 
 _window.expected = "a number of milliseconds from 0 to 60000"
+_seconds.expected = "a number of seconds from 0 to 3600"
 _heatmap.expected = "one of " + ", ".join(HEATMAPS)
 PARSERS = {"max_files": _int(1), "max_bytes": _int(1), "batch_window_ms": _window, "max_batch": _int(1),
-           "heatmap": _heatmap, "threads": _int(1)}
+           "heatmap": _heatmap, "threads": _int(1), "graceful_timeout": _seconds}
 
 
 def settings_from_env(environ=None) -> Settings:
@@ -150,15 +159,17 @@ def create_app():
 
 
 def run(settings: Settings, workers: int = 1, host: str = "127.0.0.1", port: int = 8000,
-        log_level: str = "info", graceful_timeout: float = 30.0) -> None:
-    """Serve with `workers` processes (blocking); one worker serves in this process, as before."""
+        log_level: str = "info", graceful_timeout: float | None = None) -> None:
+    """Serve with `workers` processes (blocking); one worker serves in this process, as before.
+    `graceful_timeout`, if given, replaces settings.graceful_timeout (uvicorn's and the batcher's)."""
     from .serve import serve
 
     if workers < 1:
         raise ImgclfError(f"--workers: expected an integer >= 1, got {workers}")
+    if graceful_timeout is not None:
+        settings = replace(settings, graceful_timeout=graceful_timeout)
     if workers == 1:
-        return serve(settings.model, host=host, port=port, log_level=log_level,
-                     graceful_timeout=graceful_timeout, **settings.options())
+        return serve(settings.model, host=host, port=port, log_level=log_level, **settings.options())
     import uvicorn
 
     settings = replace(settings, model=Path(settings.model).resolve())
@@ -178,7 +189,7 @@ def run(settings: Settings, workers: int = 1, host: str = "127.0.0.1", port: int
             if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters else {}
         try:
             uvicorn.run(f"{__name__}:create_app", factory=True, workers=workers, host=host, port=port,
-                        log_level=log_level, timeout_graceful_shutdown=graceful_timeout, **extra)
+                        log_level=log_level, timeout_graceful_shutdown=settings.graceful_timeout, **extra)
         finally:
             for key, value in saved.items():
                 if value is None:

@@ -1,7 +1,9 @@
 """The batcher of `imgclf serve`: requests that arrive together share one model call.
 
 A single worker thread runs the model; a request waits at most `window_ms` for others to join its
-batch, and requests that arrive while the model is busy queue up and form the next batch.
+batch, and requests that arrive while the model is busy queue up and form the next batch. On
+shutdown the queued requests are answered for at most `drain_s` seconds (`imgclf serve
+--graceful-timeout`), then the thread stops.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import numpy as np
 
 class Batcher:
     """Collects concurrent requests into one model call, run on a single worker thread.
-    `metrics` (imgclf.deploy.metrics.Metrics), if given, sees every batch size and model failure."""
+    `metrics` (imgclf.deploy.metrics.Metrics), if given, sees every batch size and model failure.
+    `drain_s`: how long stop() keeps answering queued requests (serve's graceful timeout)."""
 
-    def __init__(self, fn, window_ms: float = 2.0, max_batch: int = 64, metrics=None):
+    def __init__(self, fn, window_ms: float = 2.0, max_batch: int = 64, metrics=None, drain_s: float = 30.0):
         self.fn, self.window, self.max_batch, self.metrics = fn, window_ms / 1000.0, max_batch, metrics
+        self.drain_s = drain_s
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="imgclf-model")
         self.queue: asyncio.Queue | None = None
         self.task = None
@@ -28,11 +32,12 @@ class Batcher:
         self.queue = asyncio.Queue()
         self.task = asyncio.create_task(self._loop())
 
-    async def stop(self, drain_s: float = 60.0):
-        """Drain: answer every queued request (for at most `drain_s` seconds), then stop the thread."""
+    async def stop(self, drain_s: float | None = None):
+        """Drain: answer every queued request (for at most `drain_s` seconds, default the batcher's
+        own `drain_s`), then stop the thread."""
         if self.task:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + drain_s
+            deadline = loop.time() + (self.drain_s if drain_s is None else drain_s)
             while (self.busy or not self.queue.empty()) and not self.task.done() and loop.time() < deadline:
                 await asyncio.sleep(0.005)
             self.task.cancel()

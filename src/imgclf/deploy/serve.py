@@ -15,7 +15,8 @@ Requests that arrive together are batched into one model call: a single worker t
 model; a request waits at most `batch_window_ms` for others to join its batch, and requests that
 arrive while the model is busy queue up and form the next batch. On shutdown (SIGTERM), uvicorn
 stops accepting connections and lets in-flight requests finish (up to `graceful_timeout` seconds);
-then the batcher answers what is still queued before its thread stops.
+then the batcher answers what is still queued (again for up to `graceful_timeout` seconds) before
+its thread stops.
 
 Several worker processes: `imgclf serve --workers N` (imgclf.deploy.app, the app factory).
 
@@ -195,8 +196,9 @@ def load_for_serving(path: str | Path, threads: int | None = None) -> Classifier
 
 def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes: int = 20_000_000,
                batch_window_ms: float = 2.0, max_batch: int = 64, heatmap: str = "auto", warmup: bool = True,
-               threads: int | None = None):
-    """The FastAPI app serving `model` (a path to .keras/.onnx, or a loaded Classifier)."""
+               threads: int | None = None, graceful_timeout: float = 30.0):
+    """The FastAPI app serving `model` (a path to .keras/.onnx, or a loaded Classifier). On shutdown
+    its batcher answers queued requests for at most `graceful_timeout` seconds."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.docs import get_swagger_ui_html
@@ -212,7 +214,7 @@ def create_app(model: str | Path | Classifier, *, max_files: int = 16, max_bytes
     clf = model if isinstance(model, Classifier) else load_for_serving(model, threads)
     explainer = Explainer(clf, heatmap)
     metrics = Metrics(max_batch)
-    batcher = Batcher(_batched_fn(clf), batch_window_ms, max_batch, metrics)
+    batcher = Batcher(_batched_fn(clf), batch_window_ms, max_batch, metrics, drain_s=graceful_timeout)
     info = model_info(clf, explainer)
     if warmup:  # trace/compile now, not on the first request
         # Keras traces each power of two up to max_batch; ONNX Runtime needs one small and one full batch
@@ -380,7 +382,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8000, log_level: str = "in
 
     import uvicorn
 
-    app = create_app(model, **options)
+    app = create_app(model, graceful_timeout=graceful_timeout, **options)
     info = app.state.info
     print(f"serving {info['name']} ({info['runtime']}, {len(info['classes'])} classes) on http://{host}:{port}"
           f"  (docs: /docs, page: /, metrics: /metrics)", flush=True)
