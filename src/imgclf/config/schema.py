@@ -120,6 +120,9 @@ class TrainConfig:
     mixup: Float = setting(0.0, "MixUp: images and labels mixed in pairs, weights from Beta(a, a) (0 = off)", ge=0)
     cutmix: Float = setting(0.0, "CutMix: a box pasted from a paired image, its area from Beta(a, a) (0 = off); "
                                  "with mixup too, each batch takes one of the two", ge=0)
+    augment_device: Flag = setting(False, "flip, translate and cutout as keras.ops inside the compiled training "
+                                          "step (on the accelerator) instead of numpy: the same draws, so the same "
+                                          "batches; uint8 pixels cross to the device (not with mixup or cutmix)")
     # averaging and inference
     ema: Flag = setting(False, "exponential moving average of the weights (Keras' use_ema)")
     ema_momentum: Float = setting(0.99, "momentum of that moving average", ge=0, le=1)
@@ -133,6 +136,9 @@ class TrainConfig:
     deterministic: Flag = setting(True, "deterministic kernels: a seeded run repeats digit for digit")
     devices: Int = setting(1, "devices to train on, data-parallel (flag: all or N; 0 = all): GPUs, else CPU "
                               "devices; batch_size is the global batch, split evenly over them", ge=0)
+    steps_per_execution: Int = setting(1, "training steps per compiled call (fewer host round trips on an "
+                                          "accelerator); the learning rate and lookahead then change once per call",
+                                       ge=1, le=1000)
     early_stopping: Int = setting(0, "patience in epochs on val_accuracy (0 = off)", ge=0)
     keep_best: Flag = setting(False, "model.keras holds the best-val-accuracy epoch instead of the last")
     time_budget: Optional[Float] = setting(None, "seconds of training, the schedule spread over this wall time "
@@ -157,6 +163,10 @@ class TrainConfig:
         if cfg.augment_translate >= cfg.input_size:  # reflect padding needs a shift shorter than the image
             raise ConfigError(f"config: field 'augment_translate' expects fewer pixels than input_size "
                               f"({cfg.input_size}), got {quote(cfg.augment_translate)}")
+        if cfg.augment_device and (cfg.mixup or cfg.cutmix):  # MixUp/CutMix mix the augmented pixels on the host
+            raise ConfigError("config: field 'augment_device' expects mixup and cutmix off (they run on the host, "
+                              "after flip, translate and cutout), got augment_device true with "
+                              f"mixup {quote(cfg.mixup)}, cutmix {quote(cfg.cutmix)}")
         return cfg
 
     def to_dict(self) -> dict:

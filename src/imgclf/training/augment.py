@@ -5,7 +5,8 @@ from (seed, epoch, batch index): a batch is the same whether the run was resumed
 every Keras backend. (Keras' preprocessing layers draw from the backend's own random streams,
 which differ between TensorFlow, JAX and PyTorch; that is why these are numpy.)
 
-    augment_batch   flip, pad-and-crop translation and cutout (the fast recipes'), uint8 in and out
+    augment_batch   flip, pad-and-crop translation and cutout (the fast recipes'), uint8 in and out:
+                    augment_draws (the random draws) then apply_draws (the pixels)
     resized_crop    random resized crop: a box of `min_area`..100% of the image, aspect 3/4..4/3,
                     resized back to the image size (bilinear), uint8 in and out
     color_jitter    brightness, contrast and saturation, each scaled by a factor in [1-s, 1+s]
@@ -17,25 +18,47 @@ from __future__ import annotations
 import numpy as np
 
 
-def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool | np.ndarray = False, translate: int = 0,
-                  cutout: int = 0) -> np.ndarray:
-    """Random horizontal flip, pad-and-crop translation (reflect padding) and cutout, on a uint8 batch.
-    `flip` may also be a boolean array: which images to mirror (Batches' alternating flip)."""
-    n, h, w, _ = x.shape
+def augment_draws(n: int, h: int, w: int, rng: np.random.Generator, flip: bool | np.ndarray = False,
+                  translate: int = 0, cutout: int = 0) -> np.ndarray:
+    """The random draws of `augment_batch` for a batch of n h x w images, as an (n, 5) int32 array of
+    (mirror, dy, dx, cy, cx): mirror 0/1, the crop's offset into the padded image (translate when
+    unshifted), the cutout's centre. `flip` may also be a boolean array: which images to mirror.
+    Unused columns hold the identity (no mirror, no shift, a centre far outside the image)."""
+    draws = identity_draws(n, h, w, translate, cutout).astype(np.int64)
     if flip is not False:
-        mirror = flip if isinstance(flip, np.ndarray) else rng.random(n) < 0.5
-        x = np.where(mirror[:, None, None, None], x[:, :, ::-1], x)
+        draws[:, 0] = flip if isinstance(flip, np.ndarray) else rng.random(n) < 0.5
+    if translate:
+        draws[:, 1] = rng.integers(0, 2 * translate + 1, n)
+        draws[:, 2] = rng.integers(0, 2 * translate + 1, n)
+    if cutout:
+        draws[:, 3] = rng.integers(0, h, n)
+        draws[:, 4] = rng.integers(0, w, n)
+    return draws.astype(np.int32)
+
+
+def identity_draws(n: int, h: int, w: int, translate: int = 0, cutout: int = 0) -> np.ndarray:
+    """Draws that leave every image as it is: no mirror, the unshifted crop, no cutout."""
+    draws = np.zeros((n, 5), np.int32)
+    draws[:, 1:3] = translate
+    draws[:, 3:5] = -2 * (h + w + cutout)  # a cutout centred here covers nothing
+    return draws
+
+
+def apply_draws(x: np.ndarray, draws: np.ndarray, translate: int = 0, cutout: int = 0) -> np.ndarray:
+    """Flip, pad-and-crop translation (reflect padding) and cutout of a uint8 batch by `augment_draws`'
+    draws. training/device_augment.py does the same with keras.ops, pixel for pixel."""
+    n, h, w, _ = x.shape
+    mirror, dy, dx, cy, cx = (draws[:, k].astype(np.int64) for k in range(5))
+    if mirror.any():
+        x = np.where(mirror.astype(bool)[:, None, None, None], x[:, :, ::-1], x)
     if translate:
         t = translate
         padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
-        dy = rng.integers(0, 2 * t + 1, n)
-        dx = rng.integers(0, 2 * t + 1, n)
-        rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
-        cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
-        x = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        # every h x w window of each padded image, as a view (n, 2t+1, 2t+1, c, h, w): picking one
+        # window per image copies whole rows, far cheaper than gathering pixel by pixel
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
+        x = windows[np.arange(n), dy, dx].transpose(0, 2, 3, 1)
     if cutout:
-        cy = rng.integers(0, h, n)
-        cx = rng.integers(0, w, n)
         yy = np.arange(h)[None, :, None]
         xx = np.arange(w)[None, None, :]
         y0 = (cy - cutout // 2)[:, None, None]  # a cutout x cutout square centred at (cy, cx), clipped
@@ -43,6 +66,14 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool | np.ndarr
         mask = (yy >= y0) & (yy < y0 + cutout) & (xx >= x0) & (xx < x0 + cutout)
         x = np.where(mask[..., None], np.uint8(0), x)
     return np.ascontiguousarray(x)
+
+
+def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool | np.ndarray = False, translate: int = 0,
+                  cutout: int = 0) -> np.ndarray:
+    """Random horizontal flip, pad-and-crop translation (reflect padding) and cutout, on a uint8 batch.
+    `flip` may also be a boolean array: which images to mirror (Batches' alternating flip)."""
+    n, h, w, _ = x.shape
+    return apply_draws(x, augment_draws(n, h, w, rng, flip, translate, cutout), translate, cutout)
 
 
 def crop_boxes(n: int, h: int, w: int, rng: np.random.Generator, min_area: float,

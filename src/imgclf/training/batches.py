@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.dataset import ImageSet
-from .augment import augment_batch, color_jitter, mix_batch, resized_crop
+from .augment import apply_draws, augment_draws, color_jitter, identity_draws, mix_batch, resized_crop
 
 
 def one_hot_labels(cfg: TrainConfig) -> bool:
@@ -25,12 +25,17 @@ class Batches(keras.utils.PyDataset):
     For training, the order is a permutation drawn from (seed, epoch), and augmentation
     draws from (seed, epoch, batch index): nothing depends on what ran before, which is what
     makes `--resume` exact.
+
+    With `device=True` (augment_device) a batch is ((uint8 images, their (n, 5) flip/translate/cutout
+    draws), labels): the same draws, applied on the accelerator by device_augment.DeviceAugment;
+    validation batches (train=False, with the run's cfg) carry the draws that change nothing.
     """
 
     def __init__(self, images: ImageSet, batch_size: int, num_classes: int, train: bool = False,
                  seed: int = 0, cfg: TrainConfig | None = None, one_hot: bool = False,
-                 sample_weights: dict[int, float] | None = None):
+                 sample_weights: dict[int, float] | None = None, device: bool = False):
         super().__init__()
+        self.device = device
         self.images, self.batch_size, self.num_classes = images, batch_size, num_classes
         self.train, self.seed, self.cfg, self.one_hot = train, seed, cfg, one_hot
         self.sample_weights = sample_weights
@@ -64,14 +69,24 @@ class Batches(keras.utils.PyDataset):
             flip = cfg.augment_flip
             if flip and cfg.augment_flip_alternate:
                 flip = self.base_flip[index] ^ bool(self.epoch % 2)
-            x = augment_batch(x, rng, flip, cfg.augment_translate, cfg.augment_cutout)
+            n, h, w = x.shape[:3]
+            draws = augment_draws(n, h, w, rng, flip, cfg.augment_translate, cfg.augment_cutout)
+            if not self.device:
+                x = apply_draws(x, draws, cfg.augment_translate, cfg.augment_cutout)
+        elif self.device:  # validation under augment_device: the draws that change nothing
+            draws = identity_draws(len(x), *x.shape[1:3], self.cfg.augment_translate, self.cfg.augment_cutout)
         y = self.images.y[index]
         if self.one_hot:
             y = np.eye(self.num_classes, dtype=np.float32)[y]
+        if self.device:  # uint8 to the accelerator, augmented there (mixup/cutmix are refused with it)
+            x = (np.ascontiguousarray(x), draws)
+            return (x, y, self.weights(index)) if self.sample_weights is not None else (x, y)
         x = x.astype(np.float32)
         if cfg is not None and (cfg.mixup or cfg.cutmix):
             x, y = mix_batch(x, y, np.random.default_rng([self.seed, self.epoch, i, 3]), cfg.mixup, cfg.cutmix)
         if self.sample_weights is not None:
-            w = np.asarray([self.sample_weights[int(c)] for c in self.images.y[index]], np.float32)
-            return x, y, w
+            return x, y, self.weights(index)
         return x, y
+
+    def weights(self, index: np.ndarray) -> np.ndarray:
+        return np.asarray([self.sample_weights[int(c)] for c in self.images.y[index]], np.float32)

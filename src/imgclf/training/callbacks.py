@@ -47,7 +47,8 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
 
 class Schedule(keras.callbacks.Callback):
     """Sets the learning rate each batch; with a time budget, progress is elapsed / budget and
-    training stops when the budget is spent."""
+    training stops when the budget is spent. Under steps_per_execution > 1 fit() calls the batch
+    hooks once per call (begin: its first step, end: its last), so the rate changes once per call."""
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int, n_train: int = 0, start: float | None = None):
         super().__init__()
@@ -55,6 +56,7 @@ class Schedule(keras.callbacks.Callback):
         self.epoch = 0
         self.start = start  # the budget clock: train()'s start, so data loading counts against it
         self.images_seen = 0  # training images this session (for the FLOP count)
+        self.begin = 0  # the first step of the current call (steps_per_execution)
 
     def on_train_begin(self, logs=None):
         if self.start is None:
@@ -69,6 +71,7 @@ class Schedule(keras.callbacks.Callback):
         return (self.epoch * self.steps_per_epoch + batch) / (self.cfg.epochs * self.steps_per_epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
+        self.begin = batch
         if self.cfg.lr_schedule == "constant" and not self.cfg.warmup_epochs:
             return
         lr = lr_at(self.cfg, self.progress(batch))
@@ -77,7 +80,9 @@ class Schedule(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         bs = self.cfg.batch_size
-        self.images_seen += max(0, min(bs, self.n_train - batch * bs)) if self.n_train else bs
+        batch = min(batch, self.steps_per_epoch - 1)  # a call past the epoch's end says begin + per call - 1
+        for step in range(self.begin, batch + 1):  # every step of this call
+            self.images_seen += max(0, min(bs, self.n_train - step * bs)) if self.n_train else bs
         if self.cfg.time_budget and self.progress(batch) >= 1.0:
             self.model.stop_training = True
 
@@ -147,13 +152,15 @@ class Lookahead(keras.callbacks.Callback):
     float variable (BN statistics included). rho = base**every * progress**3 grows from 0 to
     0.95**5, so the weights move freely at first and are averaged strongly at the end. Each epoch
     ends with weights = average, so the next epoch starts its average from the weights: that is
-    what makes a resumed run identical to an uninterrupted one."""
+    what makes a resumed run identical to an uninterrupted one. Under steps_per_execution > 1 the
+    average moves at the end of each call that passed a multiple of `every` steps."""
 
     def __init__(self, schedule: Schedule, every: int = 5, base: float = 0.95, power: float = 3.0):
         super().__init__()
         self.schedule, self.every, self.base, self.power = schedule, every, base, power
         self.average: list[np.ndarray] | None = None
         self.variables: list = []
+        self.done = 0  # steps of this run at the end of the last call
 
     def on_train_begin(self, logs=None):
         self.variables = [v for v in self.model.weights if keras.backend.standardize_dtype(v.dtype).startswith("float")]
@@ -164,12 +171,16 @@ class Lookahead(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.average = self._snapshot() if self.schedule.progress(0) >= self.schedule.cfg.lookahead_start else None
+        self.done = epoch * self.schedule.steps_per_epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        batch = min(batch, self.schedule.steps_per_epoch - 1)  # a last call shorter than steps_per_execution
         progress = self.schedule.progress(batch + 1)
         step = self.schedule.epoch * self.schedule.steps_per_epoch + batch + 1
         last = batch + 1 == self.schedule.steps_per_epoch or getattr(self.model, "stop_training", False)
-        if progress >= self.schedule.cfg.lookahead_start and step % self.every == 0:
+        passed = step // self.every > self.done // self.every  # one step per call: step % every == 0
+        self.done = step
+        if progress >= self.schedule.cfg.lookahead_start and passed:
             if self.average is None:
                 self.average = self._snapshot()
             else:

@@ -120,9 +120,9 @@ class EvenShares(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         batch = self.batches[i]
-        n = len(batch[0])
+        n = len(keras.tree.flatten(batch[0])[0])  # x may be (images, draws) under augment_device
         share = (n - n % self.devices) // self.processes
-        return tuple(part[self.index * share:(self.index + 1) * share] for part in batch)
+        return keras.tree.map_structure(lambda part: part[self.index * share:(self.index + 1) * share], batch)
 
 
 @dataclass

@@ -36,6 +36,12 @@ class BiasScaledSGD(keras.optimizers.SGD):
 
 def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
     model = build_model(cfg, num_classes)  # the registry's cfg.model, or init_from's backbone with a new head
+    model.compile(**compile_args(cfg, model))
+    return model
+
+
+def compile_args(cfg: TrainConfig, model: keras.Model) -> dict:
+    """compile()'s arguments for training `model` under `cfg`: a new optimizer, the loss, the metrics."""
     common = dict(learning_rate=cfg.learning_rate, use_ema=cfg.ema, ema_momentum=cfg.ema_momentum,
                   weight_decay=cfg.weight_decay or None)
     if cfg.optimizer == "sgd" and cfg.bias_lr_scale != 1.0:
@@ -51,5 +57,4 @@ def build_compiled_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    return model
+    return {"optimizer": optimizer, "loss": loss, "metrics": metrics, "steps_per_execution": cfg.steps_per_execution}

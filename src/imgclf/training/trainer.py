@@ -37,10 +37,10 @@ from ..fileio import write_json
 from ..models.registry import init_from_data
 from ..runtime.classifier import tta_views
 from ..runtime.modelfile import save_model
-from . import distribute, finetune
+from . import device_augment, distribute, finetune
 from .batches import Batches, one_hot_labels
 from .callbacks import BudgetProgress, EarlyStop, Lookahead, RunState, Schedule, SwapEMA
-from .optimizers import build_compiled_model
+from .optimizers import build_compiled_model, compile_args
 from .plan import explicit_fields, plan_config, plan_input_size
 
 
@@ -132,6 +132,10 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
         # so a resumed run computes the same filters (and BackupAndRestore restores them anyway)
         if not cfg.init_from:  # a fine-tuned backbone keeps the whitening filters it was trained with
             init_from_data(model, data.train.images(np.arange(0, len(data.train), max(1, len(data.train) // 5000))))
+        # augment_device: fit() trains a model that augments on the accelerator and then runs `model`
+        # (its variables); everything after training uses `model` itself
+        fit_model = (device_augment.training_model(model, cfg.augment_translate, cfg.augment_cutout,
+                                                   compile_args(cfg, model)) if cfg.augment_device else model)
 
     run_dir = replicas.run_dir(Path(run_dir) if run_dir else default_run_dir(cfg))
     if resume is None:
@@ -143,8 +147,10 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     one_hot = one_hot_labels(cfg)
     weights = class_weights(data.train.y, num_classes) if cfg.class_weight == "balanced" else None
     train_batches = replicas.batches(Batches(data.train, cfg.batch_size, num_classes, train=True, seed=cfg.seed,
-                                             cfg=cfg, one_hot=one_hot, sample_weights=weights))
-    val_batches = replicas.batches(Batches(data.val, 256, num_classes, one_hot=one_hot))  # several devices: even
+                                             cfg=cfg, one_hot=one_hot, sample_weights=weights,
+                                             device=cfg.augment_device))
+    val_batches = replicas.batches(Batches(data.val, 256, num_classes, one_hot=one_hot, cfg=cfg,
+                                           device=cfg.augment_device))  # several devices: even
     # a set that streams from disk is read ahead in parallel (data/stream.py): the same batches, in order
     train_batches, val_batches = stream.wrap(train_batches, data.train), stream.wrap(val_batches, data.val)
     epochs = cfg.epochs if not cfg.time_budget else 10_000
@@ -172,15 +178,15 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     if verbose and replicas.engine is not None:
         print(replicas.describe(), flush=True)
     with replicas.scope():
-        model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose, callbacks=cbs,
-                  shuffle=False)
+        fit_model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose, callbacks=cbs,
+                      shuffle=False)
     fit_seconds = time.perf_counter() - t_fit
 
     chosen = "final"
     best_json = run_dir / "backup" / "best.json"
     stopped = next((c for c in cbs if isinstance(c, EarlyStop) and c.stopped_epoch), None)  # keeps the best too
     if (cfg.keep_best or stopped) and best_json.exists():
-        model.load_weights(run_dir / "backup" / "best.weights.h5")
+        fit_model.load_weights(run_dir / "backup" / "best.weights.h5")  # saved by RunState from fit_model
         chosen = f"best (epoch {json.loads(best_json.read_text())['epoch']})"
         if stopped and verbose:
             print(stopped.outcome(json.loads(best_json.read_text()), None if cfg.time_budget else cfg.epochs))
@@ -245,7 +251,7 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     from ..models.flops import count_flops
 
     flops = count_flops(model)
-    images_seen = schedule.images_seen + (model._initial_epoch or 0) * len(data.train)  # + resumed epochs
+    images_seen = schedule.images_seen + (fit_model._initial_epoch or 0) * len(data.train)  # + resumed epochs
     metrics["flops"] = {"forward_per_image": flops["forward"], "train_per_image": flops["train"],
                         "train_images": images_seen, "total_train": flops["train"] * images_seen}
     meta["metrics"] = {k: metrics[k] for k in sets}
