@@ -233,3 +233,22 @@ def test_jax_backend_smoke(tmp_path):
                           capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OK" in proc.stdout and "(1, 3)" in proc.stdout
+
+
+def test_keras_is_imported_without_tensorflows_start_up_lines_but_with_its_errors(tmp_path):
+    """imgclf.quiet.import_keras drops the lines TensorFlow writes when it loads (before any log level
+    applies) and writes back everything else the import printed. A stand-in keras package writes
+    both kinds straight to file descriptor 2, as TensorFlow's native code does."""
+    fake = tmp_path / "keras"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'I0000 00:00:1 123 port.cc:153] oneDNN custom operations are on. You may see ...\\n')\n"
+        "os.write(2, b'E0000 real trouble: a library is missing\\n')\n")
+    code = "from imgclf.quiet import import_keras; import_keras(); import keras; print('imported', keras.__file__)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG)
+    assert proc.returncode == 0 and str(fake) in proc.stdout, proc.stderr
+    assert "real trouble: a library is missing" in proc.stderr
+    assert "oneDNN" not in proc.stderr and "absl::InitializeLog" not in proc.stderr, proc.stderr

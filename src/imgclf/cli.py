@@ -38,6 +38,11 @@ def device_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected all or a whole number, got {quote(text)}") from None
 
 
+TIME_BUDGET_HELP = ("wall time of training, e.g. 90s, 30m, 1.5h. Under the auto recipe (the default) the plan "
+                    "fits a fixed number of epochs into it (default: 10 minutes); under any other recipe or a "
+                    "--config file, training stops when it is spent and the learning-rate schedule is spread "
+                    "over it instead of over --epochs (default: none, --epochs counts; the budget recipe "
+                    "sets 30 minutes)")
 TTA_HELP = ("test-time augmentation: the mean over each image and its mirror, and over shifted copies too "
             "if the model's recipe used them (its tta_translate)")
 
@@ -71,7 +76,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flags = ["--" + name.replace("_", "-")] + ALIASES.get(name, [])
         if name == "time_budget":
             group.add_argument(*flags, dest=name, type=duration, default=None, metavar="DURATION",
-                               help=field_help(name))
+                               help=TIME_BUDGET_HELP)
         elif name == "devices":
             group.add_argument(*flags, dest=name, type=device_count, default=None, metavar="all|N",
                                help=field_help(name))
@@ -111,8 +116,12 @@ def cmd_train(args) -> int:
             raise ImgclfError("--repeats: cannot be combined with --resume")
         train_repeats(args.config, args.repeats, run_dir=args.out, verbose=0 if args.quiet else 1, **overrides)
         return 0
-    train(args.config, run_dir=args.out, resume=args.resume,
-          verbose=0 if args.quiet else 1, **overrides)
+    result = train(args.config, run_dir=args.out, resume=args.resume, verbose=0 if args.quiet else 1, **overrides)
+    if args.quiet:  # no plan, progress or summary, but still the results and where they are
+        from .evaluation.metrics import results_table
+
+        print(results_table(result.metrics))
+        print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -327,9 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def uses_keras(args) -> bool:
+    """Whether the command loads Keras: every one that trains or reads a .keras model (predict and
+    serve of an .onnx file do not, nor compare, models and pack)."""
+    if args.func in (cmd_compare, cmd_models, cmd_pack):
+        return False
+    model = getattr(args, "model", None)
+    return not (args.func in (cmd_predict, cmd_serve) and str(model or "").endswith(".onnx"))
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the output
     args = build_parser().parse_args(argv)
+    if uses_keras(args):
+        from .quiet import import_keras
+
+        import_keras()  # TensorFlow's start-up lines dropped, other stderr kept
     try:
         return args.func(args)
     except ImgclfError as e:  # one line, bounded, whatever the message holds

@@ -4,6 +4,10 @@ A search itself is `imgclf tune SPACE.yaml ...` (or `python -m imgclf tune ...`)
 
 import sys
 
+if "--worker" in sys.argv or "--trial" in sys.argv:
+    from ..quiet import import_keras
+
+    import_keras()  # TensorFlow's start-up lines dropped from each worker's and trial's output
 if "--worker" in sys.argv:
     from .worker import worker_main
 
