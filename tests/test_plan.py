@@ -131,10 +131,12 @@ def test_a_named_recipe_or_a_config_file_is_not_planned(tmp_path, capsys):
     root = make_photos(tmp_path / "d", {"train": [6, 6]})
     run = tmp_path / "run"
     assert main(["train", "-d", str(root), "-o", str(run), "--recipe", "seed", "--epochs", "1",
-                 "--input-size", "16", "--batch-size", "4", "--val-fraction", "0.25", "--no-report"]) == 0
+                 "--input-size", "16", "--batch-size", "4", "--val-fraction", "0.25", "--no-report", "-q"]) == 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["recipe"] == "seed" and cfg["model"] == "seed_cnn" and cfg["plan"] == {}
-    assert "plan:" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "plan:" not in out and "Epoch" not in out  # -q: no plan, no progress ...
+    assert "| Accuracy" in out and f"run directory: {run}" in out  # ... but the results and the run folder
 
 
 def test_an_input_too_small_for_the_planned_net_is_one_error_line(tmp_path, capsys):
@@ -144,3 +146,20 @@ def test_an_input_too_small_for_the_planned_net_is_one_error_line(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: input_size: model fastnet cannot be built for 8x8 images"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_fine_tuning_is_planned_at_the_pretrained_models_size(tmp_path):
+    """Under --init-from the plan trains at the size the source model learnt its features at (the
+    shipped CIFAR-10 model: 32 px), not the 64 px that 90-px photos get from scratch."""
+    from imgclf.config import make_config
+
+    root = make_photos(tmp_path / "d", {"train": [16, 16], "validation": [4, 4]})
+    scratch = make_config(recipe="auto", data=str(root))
+    tuned = make_config(recipe="auto", data=str(root), init_from="cifar10")
+    assert plan.plan_input_size(scratch, set())[1].input_size == 64
+    facts, cfg = plan.plan_input_size(tuned, set())
+    assert cfg.input_size == 32
+    asked = make_config(recipe="auto", data=str(root), init_from="cifar10", input_size=48)
+    assert plan.plan_input_size(asked, {"input_size"})[1].input_size == 48  # the user's size wins
+    values = make_plan(facts, set(), None, FAST, {"input_size": 32}, input_size=plan.pretrained_input_size(cfg))
+    assert values["input_size"] == 32 and " at 32 px" in values["plan"]["text"]

@@ -9,7 +9,8 @@ rest to `make_plan`, which looks at the data and the hardware once:
 
 and chooses, for every field the user did not set:
 
-  input_size   32 px for images whose median short side is small, else 64 px
+  input_size   32 px for images whose median short side is small, else 64 px; under --init-from,
+               the size the pretrained model was trained at (its features are learnt at that scale)
   model        the fast recipes' fastnet: fast80's narrow net when the set is large (each
                epoch already sees many images), else the widest net that fits the epochs
                wanted into the budget
@@ -91,12 +92,13 @@ def choose_input_size(median_side: int) -> int:
 
 
 def make_plan(facts: Facts, explicit: set[str], budget: float | None, image_seconds: callable,
-              configured: dict | None = None) -> dict:
+              configured: dict | None = None, input_size: int | None = None) -> dict:
     """The planned field values (only fields not in `explicit`) and their summary under "plan".
 
     `image_seconds(widths, input_size, batch_size, precision)` gives the training seconds per image
     of fastnet with those widths (widths None: the configured model); `configured` holds the
-    config's own input_size, batch_size and precision, used where the user set them."""
+    config's own input_size, batch_size and precision, used where the user set them; `input_size`,
+    when given, is the size to plan (a pretrained model's) instead of the one the images call for."""
     configured = {"input_size": 32, "batch_size": 256, "precision": "float32", **(configured or {})}
     budget = float(budget or DEFAULT_BUDGET)
     values: dict = {}
@@ -107,7 +109,7 @@ def make_plan(facts: Facts, explicit: set[str], budget: float | None, image_seco
             values[name] = value
         return values.get(name, configured.get(name))
 
-    size = choose("input_size", choose_input_size(facts.median_side))
+    size = choose("input_size", input_size or choose_input_size(facts.median_side))
     small = facts.n_train < MIN_STEPS * 256  # at least MIN_STEPS steps an epoch
     batch = choose("batch_size", max(16, 2 ** int(math.log2(max(facts.n_train // MIN_STEPS, 1))))) if small \
         else values.get("batch_size", configured["batch_size"])
@@ -252,8 +254,21 @@ def plan_input_size(cfg, explicit: set[str]):
 
     facts = data_facts(cfg.data, cfg.limit_per_class, cfg.val_fraction, cfg.skip_bad_images)
     if "input_size" not in explicit:
-        cfg = make_config(**{**cfg.to_dict(), "input_size": choose_input_size(facts.median_side)})
+        size = pretrained_input_size(cfg) or choose_input_size(facts.median_side)
+        cfg = make_config(**{**cfg.to_dict(), "input_size": size})
     return facts, cfg
+
+
+def pretrained_input_size(cfg) -> int | None:
+    """The input size the init_from model was trained at (its metadata), or None without init_from.
+    Fine-tuning at that size measured far better than at the size the photos call for
+    (bench/README.md, fine-tuning)."""
+    if not cfg.init_from:
+        return None
+    from ..runtime.modelfile import read_meta
+    from .finetune import source_path
+
+    return int(read_meta(source_path(cfg.init_from))["input_size"])
 
 
 def plan_config(cfg, facts: Facts, explicit: set[str], verbose: bool = True):
@@ -265,7 +280,7 @@ def plan_config(cfg, facts: Facts, explicit: set[str], verbose: bool = True):
         explicit = explicit | {"model", "model_options"}
     values = make_plan(facts, explicit, cfg.time_budget, probed_image_seconds(cfg, facts.n_classes),
                        {**{name: getattr(cfg, name) for name in ("input_size", "batch_size", "precision")},
-                        "augmentation": augmentation_text(cfg)})
+                        "augmentation": augmentation_text(cfg)}, input_size=pretrained_input_size(cfg))
     if verbose:
         print(f"plan: {values['plan']['text']}", flush=True)
     return make_config(**{**cfg.to_dict(), **values})
