@@ -16,9 +16,11 @@ from .stem import pixels_input
 
 def fastnet(num_classes=10, input_shape=(32, 32, 3), widths=(64, 256, 256), whiten_width=24,
             whiten_kernel=2, whiten_stride=1, activation="gelu", bn_momentum=0.6, logit_scale=1.0,
-            second_conv=True, head_init="glorot_uniform", l2=0.0, identity_init=False) -> keras.Model:
+            second_conv=True, head_init="glorot_uniform", l2=0.0, identity_init=False,
+            width=None) -> keras.Model:
     """Fast CIFAR-scale CNN. `widths` sets the three conv groups (airbench94: 64, 256, 256; the
-    CPU recipes use narrower ones); `second_conv=False` keeps one conv per group. BN layers
+    CPU recipes use narrower ones); `width=W`, where given, sets them to (W, 2W, 4W), one number that a
+    tune space can search. `second_conv=False` keeps one conv per group. BN layers
     learn a shift only (no scale), with a fast running-statistics momentum (few steps).
     `whiten_stride=2` makes the whitening a lossless 2x2 space-to-depth step (32x32x3 ->
     16x16x12 whitened, x2 signs): every later layer runs at a quarter of the pixels, which on a
@@ -26,6 +28,10 @@ def fastnet(num_classes=10, input_shape=(32, 32, 3), widths=(64, 256, 256), whit
     `l2` adds an L2 penalty (coupled weight decay: it goes through SGD's momentum, as in airbench)
     to every trainable conv/dense kernel and BN shift. `identity_init` starts each 3x3 conv's first
     c_in filters as the identity (airbench's dirac init: an implicit residual at the start)."""
+    if width is not None:
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 1024:
+            raise TypeError(f"fastnet's width must be an integer from 1 to 1024, got {width!r}")
+        widths = (width, 2 * width, 4 * width)
     if len(widths) != 3:
         raise TypeError(f"fastnet expects 3 widths, got {list(widths)}")
     inputs, x = pixels_input(input_shape)
