@@ -588,3 +588,26 @@ def test_time_budget_stops_new_trials_and_resume_finishes(tmp_path, monkeypatch)
     rest = tune(space, out_dir=out, objective=TOY, progress=False, plots=False, time_budget="1h", resume=True)
     assert rest.summary["finished"]
     assert_grid_done_once(study_trials(f"sqlite:///{out / 'study.db'}", "s"), 10)
+
+
+def test_the_photos_space_parses_and_its_width_reaches_fastnet():
+    """The shipped `photos` space: every point is a valid config, and model_options.width sets
+    fastnet's three groups to (W, 2W, 4W)."""
+    from imgclf.config import make_config
+    from imgclf.models.registry import create_model
+    from imgclf.tuning.space import example_space
+
+    space = read_space(example_space("photos"))
+    assert {p.name for p in space.params} >= {"input_size", "model_options.width", "learning_rate", "epochs",
+                                               "augment_crop", "augment_color"}
+    assert space.sampler == "tpe" and space.time == 3600
+    point = {p.name: (p.choices[-1] if p.kind == "choice" else p.high) for p in space.params}
+    cfg = make_config(**space.trial_config(point))
+    assert cfg.model_options["width"] == 48 and cfg.class_weight == "balanced" and cfg.keep_best
+    model = create_model("fastnet", 3, (32, 32, 3), **cfg.model_options)
+    convs = [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D" and "whiten" not in layer.name]
+    assert sorted(set(convs)) == [48, 96, 192]
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="width must be an integer"):
+        create_model("fastnet", 3, (32, 32, 3), width=True)
