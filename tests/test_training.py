@@ -75,6 +75,51 @@ def test_resume_matches_an_uninterrupted_run(colour_folder, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_with_ema_matches_an_uninterrupted_run(colour_folder, tmp_path):
+    # SwapEMA swaps the averages in for validation; were they still in the model when the next epoch
+    # began, Lookahead's average would start from them in an uninterrupted run but from the trained
+    # weights (the backup) in a resumed one
+    cfg = dict(data=str(colour_folder), epochs=4, batch_size=8, seed=7, verbose=0, report=False,
+               ema=True, ema_momentum=0.9, lookahead_start=0.3)
+    full = imgclf.train(run_dir=tmp_path / "full", **cfg)
+    with pytest.raises(KeyboardInterrupt):
+        imgclf.train(run_dir=tmp_path / "cut", callbacks=[_Interrupt()], **cfg)
+    resumed = imgclf.train(resume=tmp_path / "cut", verbose=0)
+    a, _ = imgclf.load_model(full.model_path)
+    b, _ = imgclf.load_model(resumed.model_path)
+    assert max(np.abs(wa - wb).max() for wa, wb in zip(a.get_weights(), b.get_weights())) < 1e-5
+    full_rows = list(csv.DictReader(open(tmp_path / "full" / "history.csv")))
+    cut_rows = list(csv.DictReader(open(tmp_path / "cut" / "history.csv")))
+    assert [int(r["epoch"]) for r in cut_rows] == [1, 2, 3, 4]
+    for r, s in zip(full_rows, cut_rows):  # validation (on the averages) the same each epoch
+        assert abs(float(r["val_loss"]) - float(s["val_loss"])) < 1e-5
+
+
+class _StopAfterTwo(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            self.model.stop_training = True  # as a time budget or early stopping ends a run
+
+
+@pytest.mark.slow
+def test_ema_run_stopped_early_keeps_the_averages(colour_folder, tmp_path):
+    run = imgclf.train(data=str(colour_folder), epochs=4, batch_size=8, seed=7, verbose=0, report=False,
+                       ema=True, ema_momentum=0.9, run_dir=tmp_path / "r", callbacks=[_StopAfterTwo()])
+    rows = list(csv.DictReader(open(tmp_path / "r" / "history.csv")))
+    assert len(rows) == 2  # the saved model is the one the last validation measured: the averages
+    assert abs(run.metrics["val"]["loss"] - float(rows[-1]["val_loss"])) < 1e-5
+
+
+def test_keep_best_with_ema_keeps_the_averages_that_validation_measured(colour_folder, tmp_path):
+    run = imgclf.train(data=str(colour_folder), epochs=3, batch_size=8, seed=5, verbose=0, report=False,
+                       ema=True, ema_momentum=0.9, keep_best=True, run_dir=tmp_path / "r")
+    rows = list(csv.DictReader(open(tmp_path / "r" / "history.csv")))
+    best = max(rows, key=lambda r: float(r["val_accuracy"]))  # the first best, as RunState keeps it
+    assert run.metrics["weights"] == f"best (epoch {best['epoch']})"
+    assert abs(run.metrics["val"]["loss"] - float(best["val_loss"])) < 1e-5
+
+
+@pytest.mark.slow
 def test_seeded_runs_are_deterministic(colour_folder, tmp_path):
     cfg = dict(data=str(colour_folder), epochs=1, batch_size=8, seed=3, verbose=0, report=False)
     r1 = imgclf.train(run_dir=tmp_path / "a", **cfg)

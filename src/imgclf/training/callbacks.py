@@ -200,7 +200,25 @@ class Lookahead(keras.callbacks.Callback):
 class SwapEMA(keras.callbacks.SwapEMAWeights):
     """Keras' SwapEMAWeights, with the non-TensorFlow swap done through numpy copies: on JAX the
     stock swap leaves a model variable and its average holding the same buffer, which the next
-    jitted step donates twice ("Array has been deleted")."""
+    jitted step donates twice ("Array has been deleted").
+
+    The EMA weights are in the model for validation only (on_test_begin to on_test_end), never
+    across an epoch boundary, whatever `swap_on_epoch` says. Swapped in from one epoch's end to
+    the next one's begin, they were what the callbacks placed before this one saw at that begin
+    (Lookahead's average started from them), while a resumed run starts from the backup, taken
+    before the swap: resume was not exact. And a run stopped early (time budget, early stopping)
+    ended on the trained weights, as fit() then puts the averages, swapped out, into the model."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def swap(self) -> None:
+        """Exchange the model's weights and their averages (twice: back as they were)."""
+        sync_jax_state(self.model)
+        self._swap_variables()
 
     @staticmethod
     def _pairs(optimizer):
@@ -233,9 +251,10 @@ class RunState(keras.callbacks.Callback):
     per epoch and put back, along with the data order (Batches.set_epoch).
     """
 
-    def __init__(self, run_dir: Path, batches: Batches, keep_best: bool):
+    def __init__(self, run_dir: Path, batches: Batches, keep_best: bool, ema: SwapEMA | None = None):
         super().__init__()
         self.run_dir, self.batches, self.keep_best = run_dir, batches, keep_best
+        self.ema = ema  # with EMA, validation measured the averages: the best weights saved are those
         self.backup = run_dir / "backup"
         self.rows: list[dict] = []
         self.best = -1.0
@@ -280,7 +299,13 @@ class RunState(keras.callbacks.Callback):
         if self.keep_best and logs.get("val_accuracy", -1) > self.best:
             self.best = float(logs["val_accuracy"])
             tmp = self.backup / ".best.tmp.weights.h5"
-            self.model.save_weights(tmp)
+            if self.ema is not None:
+                self.ema.swap()
+            try:
+                self.model.save_weights(tmp)
+            finally:
+                if self.ema is not None:
+                    self.ema.swap()
             os.replace(tmp, self.backup / "best.weights.h5")
             atomic_write(self.backup / "best.json",
                          lambda f: f.write(json.dumps({"epoch": epoch + 1, "val_accuracy": self.best}).encode()))

@@ -155,14 +155,15 @@ def train(config: TrainConfig | str | Path | None = None, *, run_dir: str | Path
     train_batches, val_batches = stream.wrap(train_batches, data.train), stream.wrap(val_batches, data.val)
     epochs = cfg.epochs if not cfg.time_budget else 10_000
 
+    ema = SwapEMA() if cfg.ema else None  # the averages in the model for validation only
     cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True, delete_checkpoint=False),
-           RunState(run_dir, train_batches, cfg.keep_best or bool(cfg.early_stopping)),
+           RunState(run_dir, train_batches, cfg.keep_best or bool(cfg.early_stopping), ema),
            Schedule(cfg, len(train_batches), len(data.train), start=t_start)]
     schedule = cbs[-1]
     if cfg.lookahead_start:
         cbs.append(Lookahead(schedule))
-    if cfg.ema:
-        cbs.append(SwapEMA(swap_on_epoch=True))
+    if ema is not None:
+        cbs.append(ema)
     if cfg.early_stopping:
         cbs.append(EarlyStop(cfg.early_stopping))
     if cfg.time_budget:
