@@ -111,3 +111,29 @@ def test_a_malformed_tf_config_is_one_error_line(tf_config, monkeypatch):
     with pytest.raises(ConfigError, match="^TF_CONFIG") as e:
         process_count()
     assert "\n" not in str(e.value)
+
+
+def test_tf_workers_need_a_batch_that_splits_over_every_workers_devices(monkeypatch):
+    """With several TensorFlow workers the global batch is shared by all their devices, not only
+    this host's: a batch this host's devices split but the cluster's do not is refused."""
+    import keras
+    import tensorflow as tf
+
+    from imgclf.config import make_config
+    from imgclf.errors import ConfigError
+    from imgclf.training import distribute
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.fail("this test runs on the default backend, TensorFlow")
+
+    class ThreeWorkers:  # the strategy of 3 workers with one device each (no cluster is started)
+        num_replicas_in_sync = 3
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", '
+                                    '"index": 0}}')
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", ThreeWorkers)
+    monkeypatch.setattr(distribute, "_ENGINES", {})  # the stand-in strategy is not cached past this test
+    local = len(distribute.visible_devices("tensorflow"))
+    with pytest.raises(ConfigError, match="^batch_size: expected a multiple of the 3 devices of all 3 workers"):
+        distribute.setup(make_config(devices=0, batch_size=4 * local, recipe="fast80"))
+    assert distribute.setup(make_config(devices=0, batch_size=6 * local, recipe="fast80")).replicas == 3

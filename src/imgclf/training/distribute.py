@@ -232,6 +232,9 @@ def setup(cfg: TrainConfig, resumed: bool = False) -> Replicas:
                              else tf.distribute.MirroredStrategy(devices=visible[:wanted]))
     engine = _ENGINES[key]
     replicas = engine.num_replicas_in_sync if backend == "tensorflow" else wanted
+    if cfg.batch_size % replicas:  # several TensorFlow workers: the global batch spans every worker's devices
+        raise ConfigError(f"batch_size: expected a multiple of the {replicas} devices of all {processes} "
+                          f"workers (each takes an equal share of the global batch), got {cfg.batch_size}")
     return Replicas(replicas, processes, index, engine, backend)
 
 
