@@ -26,12 +26,16 @@ RUN_SECTIONS = {"summary", "results", "learning-curves", "confusion-matrix", "pe
                 "robustness", "config", "timing"}
 
 
-def colour_folder(root: Path, per_class: int = 20, seed: int = 0) -> Path:
-    """root/<colour>/<i>.png: noisy images of one dominant colour per class (a CNN learns them fast)."""
+def colour_folder(root: Path, per_class: int = 20, seed: int = 0, mislabelled: float = 0.0) -> Path:
+    """root/<colour>/<i>.png: noisy images of one dominant colour per class (a CNN learns them fast);
+    a `mislabelled` share of each class's images takes another class's colour."""
     rng = np.random.default_rng(seed)
-    for name, rgb in COLOURS.items():
+    names = list(COLOURS)
+    for k, name in enumerate(names):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
+            other = names[(k + 1 + i % (len(names) - 1)) % len(names)]
+            rgb = COLOURS[other] if rng.random() < mislabelled else COLOURS[name]
             img = np.clip(np.asarray(rgb)[None, None] + rng.integers(-90, 90, (32, 32, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / name / f"{i:03d}.png")
     return root
@@ -84,7 +88,10 @@ def parse(path: Path) -> Page:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("report-run")
-    data = colour_folder(base / "data", per_class=140)  # 105 validation images: enough to fit a temperature
+    # 105 validation images, enough to fit a temperature; a fifth of them with another class's colour,
+    # which the model calls with far too much confidence: T has work to do (were every image its class's
+    # colour, the model would be right and certain on all of them, and no T could lower the NLL)
+    data = colour_folder(base / "data", per_class=140, mislabelled=0.2)
     result = imgclf.train(data=str(data), epochs=3, batch_size=16, val_fraction=0.25, run_dir=base / "run",
                           verbose=0)
     return result, data
