@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from imgclf.fileio import atomic_write
 
 PACK_NAME = "cifar10_train_jpeg.npz"
 PACK_KEYS = ("jpeg", "offsets", "labels", "class_names", "files")
@@ -27,17 +28,6 @@ PACK_KEYS = ("jpeg", "offsets", "labels", "class_names", "files")
 
 class PackError(ValueError):
     """A pack file that is not what PACK_NAME describes."""
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def pack(folder: Path, out: Path) -> dict:
@@ -51,7 +41,7 @@ def pack(folder: Path, out: Path) -> dict:
     arrays = {"jpeg": np.frombuffer(b"".join(blobs), np.uint8), "offsets": offsets,
               "labels": np.asarray(labels, np.int64), "class_names": np.asarray(names, dtype=str),
               "files": np.asarray(files, dtype=str)}
-    _atomic(out, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(out, lambda f: np.savez_compressed(f, **arrays))
     return {"images": len(files), "classes": len(names), "jpeg_bytes": int(offsets[-1]),
             "file_bytes": out.stat().st_size}
 
@@ -117,7 +107,7 @@ def write_cifar_batches(folder: Path, x: np.ndarray, y: np.ndarray, names: list[
         return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
 
     def dump(name, obj):
-        _atomic(folder / name, lambda f: pickle.dump(obj, f, protocol=4))
+        atomic_write(folder / name, lambda f: pickle.dump(obj, f, protocol=4))
 
     for i, part in enumerate(np.array_split(np.arange(len(x)), 5), start=1):
         dump(f"data_batch_{i}", {"data": rows(x[part]), "labels": [int(v) for v in y[part]]})
