@@ -601,6 +601,14 @@ def test_the_photos_space_parses_and_its_width_reaches_fastnet():
     assert {p.name for p in space.params} >= {"input_size", "model_options.width", "learning_rate", "epochs",
                                                "augment_crop", "augment_color"}
     assert space.sampler == "tpe" and space.time == 3600
+    assert space.trial_epochs == 16  # epochs searched: the most a trial has (not the config default, 30)
+    from imgclf.tuning.results import pruning_savings
+
+    rows = [{"state": "pruned", "epochs": 8, "epochs_run": 2, "seconds": 20.0},
+            {"state": "pruned", "epochs": 16, "epochs_run": 4, "seconds": 40.0},
+            {"state": "complete", "epochs": 12, "epochs_run": 12, "seconds": 120.0}]
+    saved = pruning_savings(rows, space.trial_epochs)
+    assert saved["epochs_saved"] == 6 + 12 and saved["seconds_saved_estimate"] == 60.0 + 120.0
     point = {p.name: (p.choices[-1] if p.kind == "choice" else p.high) for p in space.params}
     cfg = make_config(**space.trial_config(point))
     assert cfg.model_options["width"] == 48 and cfg.class_weight == "balanced" and cfg.keep_best

@@ -42,7 +42,8 @@ class TrialContext:
         if parent and os.getppid() != parent:  # a trial process whose worker was killed: stop
             raise SystemExit(f"worker process {parent} is gone")
         retry(self.trial.report, float(value), int(step))
-        if self.space.pruner == "none" or (not self.space.trial_time and step >= self.space.trial_epochs):
+        epochs = int(self.config.get("epochs") or self.space.trial_epochs)  # this trial's own, if searched
+        if self.space.pruner == "none" or (not self.space.trial_time and step >= epochs):
             return False  # stopping at the last epoch saves nothing: the trial completes
         return bool(retry(self.trial.should_prune))
 

@@ -114,12 +114,14 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def pruning_savings(rows: list[dict], epochs: int | None) -> dict:
-    """Estimated time pruning saved: the epochs a pruned trial did not run, at its own epoch time."""
+    """Estimated time pruning saved: the epochs a pruned trial did not run (of its own epochs where
+    the space searches them), at its own epoch time."""
     saved, epochs_saved, n = 0.0, 0, 0
     for r in rows:
-        if r["state"] != "pruned" or not r.get("epochs_run") or not r.get("seconds") or not epochs:
+        planned = int(r.get("epochs") or epochs or 0)
+        if r["state"] != "pruned" or not r.get("epochs_run") or not r.get("seconds") or not planned:
             continue
-        left = max(0, epochs - int(r["epochs_run"]))
+        left = max(0, planned - int(r["epochs_run"]))
         saved += left * float(r["seconds"]) / int(r["epochs_run"])
         epochs_saved += left
         n += 1

@@ -53,6 +53,10 @@ class Space:
 
     @property
     def trial_epochs(self) -> int:
+        """Epochs per trial; where the space searches epochs, the most a trial can have."""
+        searched = next((p for p in self.params if p.name == "epochs"), None)
+        if searched is not None and not self.epochs:
+            return int(max(searched.choices) if searched.kind == "choice" else searched.high)
         return int(self.epochs or self.base.get("epochs") or make_config().epochs)
 
     @property
