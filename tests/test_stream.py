@@ -50,7 +50,11 @@ def same_batch(a, b) -> bool:
     return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
-def test_ordered_map_keeps_order_and_raises_in_turn():
+@pytest.mark.parametrize("grain", [True, False])  # False: a platform without Grain's wheel, a thread pool
+def test_ordered_map_keeps_order_and_raises_in_turn(grain, monkeypatch):
+    from imgclf.data import prefetch
+
+    monkeypatch.setattr(prefetch, "grain_available", lambda: grain)
     assert list(ordered_map(lambda i: i * i, 50, threads=3, start=5)) == [i * i for i in range(5, 50)]
 
     def bad(i):
@@ -63,6 +67,10 @@ def test_ordered_map_keeps_order_and_raises_in_turn():
         for v in ordered_map(bad, 20, threads=2):
             seen.append(v)
     assert seen == list(range(7))
+    if not grain:  # the pool runs at most `buffer` ahead of the consumer
+        started = []
+        for v in ordered_map(lambda i: started.append(i) or i, 40, threads=2, buffer=4):
+            assert max(started) <= v + 4
 
 
 def test_streaming_batches_equal_in_memory_batches(split_folder, monkeypatch):

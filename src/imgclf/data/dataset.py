@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ..fileio import atomic_write
 from ..progress import progress_bar
 from .images import DEFAULT_DECODE, IMAGE_EXTENSIONS, check_regular_file, to_rgb
 from .names import class_name_problem
+from .prefetch import ordered_map
 from .records import is_packed, open_split, read_index
 
 CACHE_FORMAT = 1
@@ -191,15 +191,13 @@ def _decode_images(root: Path, files, size, resize, decode, skip_bad, use_cache,
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: decode again and overwrite it
     jobs = [(str(root), files[i:i + CHUNK], size, resize, decode) for i in range(0, len(files), CHUNK)]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
-    # Threads, not processes: Pillow releases the GIL while decoding and resizing, and
-    # threads need no `if __name__ == "__main__"` guard in the user's script.
-    results = [None] * len(jobs)
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
-        futures = {pool.submit(_decode_chunk, job): i for i, job in enumerate(jobs)}
-        for done in as_completed(futures):
-            results[futures[done]] = done.result()
-            bar.update(len(jobs[futures[done]][1]))
+    # Threads, not processes (the pool streaming uses: prefetch.ordered_map): Pillow releases the GIL
+    # while decoding and resizing, and threads need no `if __name__ == "__main__"` guard in a script.
+    results = []
+    for job, result in zip(jobs, ordered_map(lambda i: _decode_chunk(jobs[i]), len(jobs),
+                                             max(1, min(workers or os.cpu_count() or 1, len(jobs))))):
+        results.append(result)
+        bar.update(len(job[1]))
     images, errors = [], []
     for out, errs in results:
         images.extend(out)

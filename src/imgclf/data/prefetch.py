@@ -49,9 +49,12 @@ def ordered_map(fn: Callable[[int], object], n: int, threads: int | None = None,
     if start >= n:
         return
     threads = threads or default_threads()
-    if threads <= 1 or not grain_available():
+    if threads <= 1:
         for i in range(start, n):
             yield fn(i)
+        return
+    if not grain_available():  # Grain has no wheel for this platform: a plain thread pool, as bounded
+        yield from _pool_map(fn, range(start, n), threads, buffer or 2 * threads)
         return
     import grain
 
@@ -61,6 +64,21 @@ def ordered_map(fn: Callable[[int], object], n: int, threads: int | None = None,
         yield from it
     finally:
         it.close()  # stops the threads of an iterator left before its end
+
+
+def _pool_map(fn, indices, threads: int, buffer: int) -> Iterator:
+    """fn(i) for i in indices, in order, on `threads` threads with at most `buffer` submitted ahead."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        ahead: deque = deque()
+        for i in indices:
+            ahead.append(pool.submit(fn, i))
+            if len(ahead) >= buffer:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def image_chunks(images, chunk: int = 2048, threads: int | None = None) -> Iterator[np.ndarray]:
