@@ -252,3 +252,37 @@ def test_keras_is_imported_without_tensorflows_start_up_lines_but_with_its_error
     assert proc.returncode == 0 and str(fake) in proc.stdout, proc.stderr
     assert "real trouble: a library is missing" in proc.stderr
     assert "oneDNN" not in proc.stderr and "absl::InitializeLog" not in proc.stderr, proc.stderr
+
+
+def test_a_failing_or_unprintable_keras_import_is_left_to_the_command(tmp_path):
+    """A keras import that raises is not import_keras' to report: it writes back what the import printed
+    and returns, and the command's own import raises where the command line turns it into an error
+    line. With stderr closed it is a plain import."""
+    fake = tmp_path / "keras"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os\nos.write(2, b'E0000 half-loaded library\\n')\n"
+                                      "raise ImportError('no backend named nothing')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    code = ("import sys\nfrom imgclf.quiet import import_keras\nimport_keras()\nprint('returned')\n"
+            "try:\n    import keras\nexcept ImportError as e:\n    print('command sees:', e)\n"
+            "sys.stderr = None\nimport_keras()\nprint('no stderr: fine')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG)
+    assert proc.returncode == 0, proc.stderr
+    assert "returned" in proc.stdout and "command sees: no backend named nothing" in proc.stdout
+    assert "no stderr: fine" in proc.stdout and "E0000 half-loaded library" in proc.stderr
+
+
+def test_commands_that_do_not_run_keras_here_do_not_import_it():
+    from imgclf.cli import build_parser, uses_keras
+
+    parser = build_parser()
+
+    def uses(*argv):
+        return uses_keras(parser.parse_args(list(argv)))
+
+    assert uses("train", "-d", "x") and uses("evaluate", "m.keras") and uses("predict", "m.keras", "a.png")
+    assert not uses("predict", "m.onnx", "a.png") and not uses("predict", "--pretrained", "cifar10", "a.png")
+    assert uses("serve", "m.keras") and not uses("serve", "m.keras", "--workers", "2")
+    assert not uses("serve", "m.onnx") and uses("serve", "--pretrained", "cifar10")
+    assert not uses("tune", "photos", "-d", "x") and uses("tune", "photos", "-d", "x", "--isolate", "none")
+    assert not uses("models") and not uses("pack", "a", "b")

@@ -609,6 +609,10 @@ def test_the_photos_space_parses_and_its_width_reaches_fastnet():
             {"state": "complete", "epochs": 12, "epochs_run": 12, "seconds": 120.0}]
     saved = pruning_savings(rows, space.trial_epochs)
     assert saved["epochs_saved"] == 6 + 12 and saved["seconds_saved_estimate"] == 60.0 + 120.0
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="budget.epochs .or --epochs. fixes the epochs that params.epochs searches"):
+        read_space(example_space("photos"), epochs=5)  # --epochs 5 and searched epochs: one or the other
     point = {p.name: (p.choices[-1] if p.kind == "choice" else p.high) for p in space.params}
     cfg = make_config(**space.trial_config(point))
     assert cfg.model_options["width"] == 48 and cfg.class_weight == "balanced" and cfg.keep_best

@@ -337,22 +337,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def uses_keras(args) -> bool:
-    """Whether the command loads Keras: every one that trains or reads a .keras model (predict and
-    serve of an .onnx file do not, nor compare, models and pack)."""
-    if args.func in (cmd_compare, cmd_models, cmd_pack):
+    """Whether the command loads Keras in this process: every one that trains or reads a .keras model;
+    not compare, models and pack, not predict of an .onnx file (--pretrained: the shipped one), not
+    tune's coordinator (its trials run in processes of their own) and not serve's supervisor (under
+    --workers each worker loads the model)."""
+    func = args.func
+    if func in (cmd_compare, cmd_models, cmd_pack):
         return False
-    model = getattr(args, "model", None)
-    return not (args.func in (cmd_predict, cmd_serve) and str(model or "").endswith(".onnx"))
+    if func is cmd_tune:
+        return getattr(args, "isolate", None) == "none"  # trials in this process
+    if func is cmd_serve and (getattr(args, "workers", None) or 1) > 1:
+        return False
+    if func in (cmd_predict, cmd_serve):
+        if getattr(args, "pretrained", None):
+            return func is cmd_serve  # predict prefers the shipped .onnx, serve the .keras (Grad-CAM)
+        return not str(getattr(args, "model", None) or "").endswith(".onnx")
+    return True
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the output
     args = build_parser().parse_args(argv)
-    if uses_keras(args):
-        from .quiet import import_keras
-
-        import_keras()  # TensorFlow's start-up lines dropped, other stderr kept
     try:
+        if uses_keras(args):
+            from .quiet import import_keras
+
+            import_keras()  # TensorFlow's start-up lines dropped, other stderr kept
         return args.func(args)
     except ImgclfError as e:  # one line, bounded, whatever the message holds
         print(f"error: {shorten(' '.join(str(e).splitlines()), 2000)}", file=sys.stderr)

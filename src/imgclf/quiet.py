@@ -5,7 +5,8 @@ TensorFlow's native libraries write a few lines when they load, before any log l
 absl::InitializeLog() ...", "oneDNN custom operations are on ...", "This TensorFlow binary is
 optimized ..." with its instruction list. `import_keras()` imports Keras once with stderr's file
 descriptor pointed at a temporary file, then writes back every line that is not one of those, so a
-real error at import still shows. The command line calls it before a command that uses Keras.
+real error at import still shows (one that kills the process outright, a native abort, is lost
+with it). The command line calls it before a command that uses Keras.
 """
 
 from __future__ import annotations
@@ -28,17 +29,28 @@ def chatter(line: str) -> bool:
 
 
 def import_keras() -> None:
-    """Import keras quietly (see the module docstring); nothing when it is imported or not installed."""
+    """Import keras quietly (see the module docstring); nothing when it is imported or not installed.
+    Without a usable stderr or temporary file it is a plain import. An import that raises (a bad
+    KERAS_BACKEND, say) leaves keras unimported and writes back what it printed: the command's
+    own import then raises again, inside the command line's error handling."""
     if "keras" in sys.modules or importlib.util.find_spec("keras") is None:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
+    try:
+        sys.stderr.flush()
+        log = tempfile.TemporaryFile()
+    except (AttributeError, OSError):  # stderr closed (None), or no usable temporary folder
+        return
+    with log:
+        try:
+            saved = os.dup(2)
+        except OSError:  # file descriptor 2 closed
+            return
         os.dup2(log.fileno(), 2)
         try:
             import keras  # noqa: F401
+        except Exception:
+            pass  # raised again where the command imports it, as an error line
         finally:
-            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             log.seek(0)

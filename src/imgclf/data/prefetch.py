@@ -3,7 +3,8 @@
 `ordered_map(fn, n)` yields fn(start), fn(start + 1), ..., fn(n - 1) in that order, computed ahead
 on Grain's thread pool with a bounded buffer: memory holds at most `buffer` results whatever n is.
 Pillow releases the GIL while it decodes and resizes, so threads decode in parallel. Without Grain
-(the ONNX-only install) the same results come one at a time, in the calling thread.
+(the ONNX-only install, a platform without its wheel) a plain thread pool does the same, as bounded.
+Loading a folder into memory decodes through it too (data/dataset.py).
 
 This module loads neither Keras nor Grain at import (runtime/ and the ONNX-only predict use it);
 Grain, which loads jax, is imported on first use only.
@@ -71,7 +72,8 @@ def _pool_map(fn, indices, threads: int, buffer: int) -> Iterator:
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads)
+    try:
         ahead: deque = deque()
         for i in indices:
             ahead.append(pool.submit(fn, i))
@@ -79,6 +81,8 @@ def _pool_map(fn, indices, threads: int, buffer: int) -> Iterator:
                 yield ahead.popleft().result()
         while ahead:
             yield ahead.popleft().result()
+    finally:  # an error, or a consumer that stopped early: what has not started never runs
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def image_chunks(images, chunk: int = 2048, threads: int | None = None) -> Iterator[np.ndarray]:

@@ -144,6 +144,10 @@ def create_app():
 
     try:
         settings = settings_from_env()
+        if str(settings.model).endswith(".keras"):
+            from ..quiet import import_keras
+
+            import_keras()  # each worker without TensorFlow's start-up lines
         return build(settings.model, **settings.options())
     except ImgclfError as e:
         line = shorten(" ".join(str(e).splitlines()), 2000)

@@ -171,6 +171,9 @@ def space_from_dict(raw: dict, source: str = "space", *, base_dir: Path | None =
     trials = None if trials is None else _int_setting(trials, f"{source}: budget.trials")
     epochs = epochs if epochs is not None else budget.get("epochs")
     epochs = None if epochs is None else _int_setting(epochs, f"{source}: budget.epochs")
+    if epochs is not None and any(p.name == "epochs" for p in params):
+        raise ConfigError(f"{source}: budget.epochs (or --epochs) fixes the epochs that params.epochs searches; "
+                          f"expected one of the two, got budget.epochs {epochs}")
     time_s = parse_duration(time_budget if time_budget is not None else budget.get("time"), f"{source}: budget.time")
     trial_time = parse_duration(trial_time if trial_time is not None else budget.get("trial_time"),
                                f"{source}: budget.trial_time")
