@@ -202,18 +202,13 @@ class SwapEMA(keras.callbacks.SwapEMAWeights):
     stock swap leaves a model variable and its average holding the same buffer, which the next
     jitted step donates twice ("Array has been deleted").
 
-    The EMA weights are in the model for validation only (on_test_begin to on_test_end), never
-    across an epoch boundary, whatever `swap_on_epoch` says. Swapped in from one epoch's end to
-    the next one's begin, they were what the callbacks placed before this one saw at that begin
-    (Lookahead's average started from them), while a resumed run starts from the backup, taken
-    before the swap: resume was not exact. And a run stopped early (time budget, early stopping)
-    ended on the trained weights, as fit() then puts the averages, swapped out, into the model."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        pass
-
-    def on_epoch_end(self, epoch, logs=None):
-        pass
+    The trainer uses it with swap_on_epoch off (Keras' default): the EMA weights are in the model
+    for validation only (on_test_begin to on_test_end), never across an epoch boundary. Swapped in
+    from one epoch's end to the next one's begin, they were what the callbacks placed before this
+    one saw at that begin (Lookahead's average started from them), while a resumed run starts from
+    the backup, taken before the swap: resume was not exact. And a run stopped early (time budget,
+    early stopping) ended on the trained weights, as fit() then puts the averages, swapped out,
+    into the model."""
 
     def swap(self) -> None:
         """Exchange the model's weights and their averages (twice: back as they were)."""

@@ -280,7 +280,8 @@ def plan_config(cfg, facts: Facts, explicit: set[str], verbose: bool = True):
         explicit = explicit | {"model", "model_options"}
     values = make_plan(facts, explicit, cfg.time_budget, probed_image_seconds(cfg, facts.n_classes),
                        {**{name: getattr(cfg, name) for name in ("input_size", "batch_size", "precision")},
-                        "augmentation": augmentation_text(cfg)}, input_size=pretrained_input_size(cfg))
+                        "augmentation": augmentation_text(cfg)},
+                       input_size=cfg.input_size if cfg.init_from else None)  # step 1 set the pretrained size
     if verbose:
         print(f"plan: {values['plan']['text']}", flush=True)
     return make_config(**{**cfg.to_dict(), **values})
