@@ -5,11 +5,12 @@
 
 Decodes every image of `DIR/train/` and `DIR/validation/` (default: the clothing-small photos in
 $IMGCLF_SHARED/datasets) to SIZE x SIZE with the "full" and the "draft" rule, in the same run, on
-the thread pool that training decodes with (dataset.decode_images, cache off, WORKERS threads).
-The files are read once before timing, so both rules find them in the OS page cache; the rules
-alternate, REPEATS passes each, and the median pass gives images/s; the process's CPU time per pass
-gives images per CPU-second, which other load on the machine changes far less than the wall-clock
-rate (WORKERS times it is what WORKERS idle cores would reach if the threads scaled perfectly).
+the pool that training decodes with (dataset.decode_images, cache off, WORKERS forked processes),
+and the draft rule also on WORKERS threads (IMGCLF_DECODE_PROCESSES=0) and on 1 worker, which gives
+what one core does. The files are read once before timing, so every pass finds them in the OS page
+cache; the four alternate, REPEATS passes each, and the median pass gives images/s; CPU time per
+pass (this process's and its decoding processes') gives images per CPU-second, which other load on
+the machine changes far less than the wall-clock rate.
 Also reported: the mean and
 largest absolute pixel difference (0..255) between the two rules' arrays, how many images draft
 mode decoded reduced (and by which factor), and the load average before and after (the machine
@@ -63,6 +64,12 @@ def draft_factors(data: Path, files: list[str], side: int) -> Counter:
     return found
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the decoding processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=SHARED / "datasets" / "clothing-small")
@@ -85,23 +92,27 @@ def main(argv=None) -> int:
                "draft_factors": dict(sorted(draft_factors(args.data, files, args.size).items())), "rules": {}}
     print(f"decode bench: {len(files)} images in {args.data}, to {args.size} px ({args.resize}), "
           f"{args.workers} workers; load average {results['load_avg_start']}", flush=True)
-    arrays, seconds, cpu = {}, {"full": [], "draft": []}, {"full": [], "draft": []}
+    runs = {"full": ("full", "processes"), "draft": ("draft", "processes"),
+            "draft, threads": ("draft", "threads"), "draft, 1 worker": ("draft", "serial")}
+    arrays, seconds, cpu = {}, {name: [] for name in runs}, {name: [] for name in runs}
     for _ in range(args.repeats):
-        for rule in ("full", "draft"):
-            t0, c0 = time.perf_counter(), time.process_time()
+        for name, (rule, pool) in runs.items():
+            os.environ["IMGCLF_DECODE_PROCESSES"] = "0" if pool == "threads" else "1"
+            t0, c0 = time.perf_counter(), cpu_seconds()
             x, kept = decode_images(args.data, files, (args.size, args.size), args.resize, use_cache=False,
-                                    decode=rule, workers=args.workers, progress=False)
-            seconds[rule].append(time.perf_counter() - t0)
-            cpu[rule].append(time.process_time() - c0)
+                                    decode=rule, workers=1 if pool == "serial" else args.workers, progress=False)
+            seconds[name].append(time.perf_counter() - t0)
+            cpu[name].append(cpu_seconds() - c0)
             assert len(kept) == len(files)
+            assert rule not in arrays or np.array_equal(arrays[rule], x)  # every pool gives the same pixels
             arrays[rule] = x
-    for rule, times in seconds.items():
+    for name, times in seconds.items():
         rate = len(files) / statistics.median(times)
-        per_cpu = len(files) / statistics.median(cpu[rule])
-        results["rules"][rule] = {"images_per_s": round(rate, 1), "seconds": [round(t, 3) for t in times],
-                                  "images_per_cpu_s": round(per_cpu, 1),
-                                  "cpu_seconds": [round(t, 3) for t in cpu[rule]]}
-        print(f"{rule:5s}: {rate:7.0f} images/s (median of {len(times)} passes: "
+        per_cpu = len(files) / statistics.median(cpu[name])
+        results["rules"][name] = {"decode": runs[name][0], "pool": runs[name][1], "images_per_s": round(rate, 1),
+                                  "seconds": [round(t, 3) for t in times], "images_per_cpu_s": round(per_cpu, 1),
+                                  "cpu_seconds": [round(t, 3) for t in cpu[name]]}
+        print(f"{name:15s}: {rate:7.0f} images/s (median of {len(times)} passes: "
               f"{', '.join(f'{t:.2f}' for t in times)} s); {per_cpu:.0f} images per CPU-second", flush=True)
     diff = np.abs(arrays["draft"].astype(np.int16) - arrays["full"].astype(np.int16))
     results["pixel_diff"] = {"mean": round(float(diff.mean()), 3), "max": int(diff.max()),

@@ -5,6 +5,7 @@ resume, evaluate and predict are the same streamed or not; bad packs are refused
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import keras
@@ -15,9 +16,9 @@ from conftest import make_folder
 import imgclf
 from imgclf.cli import main
 from imgclf.config import make_config
-from imgclf.data.dataset import load_dataset
+from imgclf.data.dataset import decode_images, load_dataset
 from imgclf.data.pack import pack
-from imgclf.data.prefetch import ImageView, image_chunks, ordered_map
+from imgclf.data.prefetch import ImageView, image_chunks, ordered_map, process_map
 from imgclf.data.stream import StreamBatches, wrap
 from imgclf.errors import ConfigError, DataError
 from imgclf.training.batches import Batches
@@ -71,6 +72,52 @@ def test_ordered_map_keeps_order_and_raises_in_turn(grain, monkeypatch):
         started = []
         for v in ordered_map(lambda i: started.append(i) or i, 40, threads=2, buffer=4):
             assert max(started) <= v + 4
+
+
+def square_in_order(job):
+    """A process_map job: its square, and which process computed it."""
+    return job * job, os.getpid()
+
+
+def die_in_a_child(job):
+    """A process_map job that kills a forked worker at job 5 (and is harmless in the parent)."""
+    if job == 5 and os.getpid() != PARENT:
+        os._exit(3)
+    return job * job
+
+
+PARENT = os.getpid()
+
+
+def test_process_map_forks_keeps_order_and_falls_back_to_threads(monkeypatch, capfd):
+    from imgclf.data import prefetch
+
+    monkeypatch.setenv("IMGCLF_DECODE_PROCESSES", "1")
+    forks = keras.backend.backend() != "jax"  # under Keras' JAX backend it keeps to threads
+    assert prefetch.forking_decodes() == forks
+    results = list(process_map(square_in_order, list(range(30)), workers=2))
+    assert [r for r, _ in results] == [i * i for i in range(30)]
+    assert bool({pid for _, pid in results} - {os.getpid()}) == forks  # computed in other processes
+    monkeypatch.setenv("IMGCLF_DECODE_PROCESSES", "0")
+    assert {pid for _, pid in process_map(square_in_order, list(range(6)), workers=2)} == {os.getpid()}
+    monkeypatch.setenv("IMGCLF_DECODE_PROCESSES", "1")
+    assert list(process_map(die_in_a_child, list(range(12)), workers=2)) == [i * i for i in range(12)]
+    assert ("warning: a decoding process died" in capfd.readouterr().err) == forks
+    monkeypatch.setenv("IMGCLF_DECODE_PROCESSES", "yes")
+    with pytest.raises(ConfigError, match="IMGCLF_DECODE_PROCESSES: expected 0 or 1"):
+        prefetch.forking_decodes()
+
+
+def test_decoding_on_processes_threads_or_one_worker_gives_the_same_images(split_folder, monkeypatch):
+    files = sorted(str(p.relative_to(split_folder / "train")) for p in (split_folder / "train").rglob("*.*"))
+    got = []
+    for forks, workers in (("1", 2), ("0", 2), ("1", 1)):
+        monkeypatch.setenv("IMGCLF_DECODE_PROCESSES", forks)
+        got.append(decode_images(split_folder / "train", files, (16, 16), use_cache=False, decode="draft",
+                                 workers=workers))
+    for x, kept in got[1:]:
+        assert np.array_equal(x, got[0][0]) and np.array_equal(kept, got[0][1])
+    assert len(got[0][1]) == len(files) and got[0][0].std() > 0
 
 
 def test_streaming_batches_equal_in_memory_batches(split_folder, monkeypatch):

@@ -28,7 +28,7 @@ from ..fileio import atomic_write
 from ..progress import progress_bar
 from .images import DEFAULT_DECODE, IMAGE_EXTENSIONS, check_regular_file, to_rgb
 from .names import class_name_problem
-from .prefetch import ordered_map
+from .prefetch import process_map
 from .records import is_packed, open_split, read_index
 
 CACHE_FORMAT = 1
@@ -69,7 +69,7 @@ class ImageSet:
         if self.x is not None:
             return self.x[index]
         if self.source is not None:
-            return np.stack([self.source.image(i, self.size, self.resize, self.decode) for i in np.asarray(index)])
+            return self.source.images(index, self.size, self.resize, self.decode)
         return np.stack([to_rgb(self.root / self.files[i], self.size, self.resize, self.decode)
                          for i in np.asarray(index)])
 
@@ -173,8 +173,9 @@ def decode_images(root: Path, files: list[str], size=(32, 32), resize="stretch",
                   workers: int | None = None, progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode files into a uint8 array; returns (images, indices of the files kept).
 
-    `decode` is to_rgb's decode rule; `workers` threads decode (default: one per CPU); `progress`
-    shows a bar for more than PROGRESS_MIN images (None: when stderr is a terminal). `check(kept)`,
+    `decode` is to_rgb's decode rule; `workers` processes decode (prefetch.process_map; default: one
+    per CPU); `progress` shows a bar for more than PROGRESS_MIN images (None: when stderr is a
+    terminal). `check(kept)`,
     if given, may raise on the files kept (when `skip_bad` dropped some); it runs before the cache
     file is written, so a rejected set leaves no cache behind."""
     with progress_bar(len(files), f"decoding {root.name}", progress, minimum=PROGRESS_MIN) as bar:
@@ -191,11 +192,8 @@ def _decode_images(root: Path, files, size, resize, decode, skip_bad, use_cache,
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: decode again and overwrite it
     jobs = [(str(root), files[i:i + CHUNK], size, resize, decode) for i in range(0, len(files), CHUNK)]
-    # Threads, not processes (the pool streaming uses: prefetch.ordered_map): Pillow releases the GIL
-    # while decoding and resizing, and threads need no `if __name__ == "__main__"` guard in a script.
     results = []
-    for job, result in zip(jobs, ordered_map(lambda i: _decode_chunk(jobs[i]), len(jobs),
-                                             max(1, min(workers or os.cpu_count() or 1, len(jobs))))):
+    for job, result in zip(jobs, process_map(_decode_chunk, jobs, workers or os.cpu_count() or 1)):
         results.append(result)
         bar.update(len(job[1]))
     images, errors = [], []

@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -98,10 +98,14 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES, 
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise DataError(f"{path}: is {_kind(mode)}, not a regular file (expected {what})")
-        data = f.read(max_bytes + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: is {_kind(st.st_mode)}, not a regular file (expected {what})")
+        # Ask for the size fstat gives plus one byte (asking for max_bytes would allocate that much for
+        # every file); a file that has grown since is read on, to at most one byte past the limit.
+        data = f.read(min(st.st_size, max_bytes) + 1)
+        if max_bytes >= len(data) > st.st_size:
+            data += f.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:
         raise DataError(f"{path}: larger than {max_bytes:,} bytes; expected {what} of at most that size")
     return data
@@ -154,7 +158,7 @@ def _to_rgb_mode(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _resize(img: Image.Image, height: int, width: int, rule: str) -> Image.Image:
@@ -180,13 +184,24 @@ def to_rgb(source, size=(32, 32), resize: str = "stretch", decode: str = "full")
         raise DataError(f"resize: unknown rule {resize!r} (expected one of {', '.join(RESIZE_RULES)})")
     if decode not in DECODE_RULES:
         raise DataError(f"decode: unknown rule {decode!r} (expected one of {', '.join(DECODE_RULES)})")
-    img = _open(source, max(height, width) if decode == "draft" else None)
+    img = _resize(_to_rgb_mode(_upright(_open(source, max(height, width) if decode == "draft" else None))),
+                  height, width, resize)
+    return np.array(img, dtype=np.uint8)
+
+
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the transpose that makes the image upright
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """`img` turned by its EXIF orientation (the pixels of ImageOps.exif_transpose, without its copy of an
+    image that is already upright or its rewrite of the metadata, which to_rgb drops)."""
     try:
-        img = ImageOps.exif_transpose(img)
+        method = _ORIENTATIONS.get(img.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # a broken EXIF block should not make a readable image unusable
-        pass
-    img = _resize(_to_rgb_mode(img), height, width, resize)
-    return np.asarray(img, dtype=np.uint8).copy()
+        return img
+    return img if method is None else img.transpose(method)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

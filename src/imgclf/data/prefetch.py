@@ -4,12 +4,14 @@
 on Grain's thread pool with a bounded buffer: memory holds at most `buffer` results whatever n is.
 Pillow releases the GIL while it decodes and resizes, so threads decode in parallel. Without Grain
 (the ONNX-only install, a platform without its wheel) a plain thread pool does the same, as bounded.
-Loading a folder into memory decodes through it too (data/dataset.py).
+Loading a whole folder into memory decodes on forked processes instead where that is safe
+(`process_map`), and on the same threads where it is not (data/dataset.py).
 
 This module loads neither Keras nor Grain at import (runtime/ and the ONNX-only predict use it);
 Grain, which loads jax, is imported on first use only.
 
-    IMGCLF_STREAM_THREADS   decoding threads (default: one per CPU)
+    IMGCLF_STREAM_THREADS     decoding threads (default: one per CPU)
+    IMGCLF_DECODE_PROCESSES   0: process_map keeps to threads (default 1: forks where it is safe)
 """
 
 from __future__ import annotations
@@ -85,6 +87,55 @@ def _pool_map(fn, indices, threads: int, buffer: int) -> Iterator:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def process_map(fn: Callable, jobs: list, workers: int | None = None) -> Iterator:
+    """fn(job) for each of `jobs`, in order, on `workers` forked processes, or on ordered_map's threads
+    where forking is not safe. `fn` must be a module-level function; jobs and results are pickled.
+
+    For decoding a whole folder into memory: per image, Python work that holds the GIL (opening the
+    file, parsing the JPEG header, building the array) is a large share of a draft decode, and on
+    small images the most of it, so threads scale poorly (bench/decode.py measures both). Processes
+    are forked, which starts them in milliseconds and needs no `if __name__ == "__main__"` guard, and
+    only on Linux and not under Keras' JAX backend, whose threads make a fork unsafe (JAX says so).
+    IMGCLF_DECODE_PROCESSES=0 keeps to threads. If a worker dies, the jobs not yet returned run on
+    threads instead, with a warning."""
+    workers = max(1, min(workers or default_threads(), len(jobs)))
+    done = 0
+    if workers > 1 and forking_decodes():
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        try:
+            for result in pool.map(fn, jobs):
+                yield result
+                done += 1
+            return
+        except BrokenProcessPool:
+            import sys
+
+            print(f"warning: a decoding process died; decoding the remaining {len(jobs) - done} of "
+                  f"{len(jobs)} parts on threads", file=sys.stderr)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    yield from ordered_map(lambda i: fn(jobs[i]), len(jobs), workers, start=done)
+
+
+def forking_decodes() -> bool:
+    """Whether process_map forks: on Linux, unless Keras runs on JAX or IMGCLF_DECODE_PROCESSES=0.
+
+    TensorFlow and Grain import jax too, but only running it starts the threads that make a fork
+    unsafe (and JAX warns at a fork once it has started them)."""
+    import sys
+
+    raw = os.environ.get("IMGCLF_DECODE_PROCESSES", "1")
+    if raw not in ("0", "1"):
+        raise ConfigError(f"IMGCLF_DECODE_PROCESSES: expected 0 or 1, got {raw[:20]!r}")
+    keras = sys.modules.get("keras")
+    on_jax = keras is not None and keras.backend.backend() == "jax"
+    return raw == "1" and sys.platform.startswith("linux") and not on_jax
+
+
 def image_chunks(images, chunk: int = 2048, threads: int | None = None) -> Iterator[np.ndarray]:
     """An ImageSet's images in order, `chunk` at a time: slices of the array if it is in memory,
     else decoded ahead in pieces of PIECE images on `threads` threads (a few chunks in memory)."""
@@ -148,4 +199,4 @@ class ImageView:
         return x if dtype is None else x.astype(dtype)
 
 
-__all__ = ["ordered_map", "image_chunks", "decode_all", "ImageView", "default_threads", "grain_available"]
+__all__ = ["ordered_map", "process_map", "forking_decodes", "image_chunks", "decode_all", "ImageView", "default_threads", "grain_available"]
