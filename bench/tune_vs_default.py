@@ -14,7 +14,7 @@ Every training run is a fresh process with a cold cache, timed from the command'
 (bench/auto.py's run_seed). Target (issue 15): the two means within 2 points on validation.
 
     python bench/tune_vs_default.py --data ../shared/datasets/clothing-small \
-        --default-results bench/results/auto_clothing_cpu.json --out bench/results/tune_vs_default_clothing.json
+        --default-results DEFAULT_SEED0.json --out bench/results/tune_vs_default_clothing.json
 """
 
 from __future__ import annotations
