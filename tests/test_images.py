@@ -60,6 +60,20 @@ def test_exif_orientation_is_applied(tmp_path):
     assert bottom[2] > 200 and bottom[0] < 60
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_as_pillow_does(tmp_path, orientation):
+    from PIL import ImageOps
+
+    arr = np.random.default_rng(orientation).integers(0, 256, (12, 20, 3)).astype(np.uint8)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(tmp_path / "o.png", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o.png")).convert("RGB"))
+    assert expected.shape == ((12, 20, 3) if orientation < 5 else (20, 12, 3))
+    assert np.array_equal(to_rgb(tmp_path / "o.png", size=expected.shape[:2]), expected)
+
+
 @pytest.mark.parametrize("rule", ["stretch", "crop", "pad"])
 def test_resize_rules_give_the_input_size(tmp_path, rule):
     Image.new("RGB", (64, 32), (10, 200, 10)).save(tmp_path / "wide.png")

@@ -108,7 +108,60 @@ def test_process_map_forks_keeps_order_and_falls_back_to_threads(monkeypatch, ca
         prefetch.forking_decodes()
 
 
+def test_process_map_falls_back_to_threads_when_a_fork_is_refused(monkeypatch, capfd):
+    import multiprocessing
+
+    from imgclf.data import prefetch
+
+    monkeypatch.setattr(prefetch, "forking_decodes", lambda: True)  # whichever backend the suite runs on
+    forks, real_fork = [], os.fork
+
+    def fork_once():  # the first worker starts, the second is refused
+        if forks:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork_once)
+    assert list(process_map(die_in_a_child, list(range(9)), workers=2)) == [i * i for i in range(9)]
+    assert "warning: cannot start decoding processes (Resource temporarily unavailable)" in capfd.readouterr().err
+    assert forks and not multiprocessing.active_children()  # the worker that started is gone
+
+
+def test_decoding_processes_die_with_their_parent(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from imgclf.data.prefetch import process_map\n"
+        "def job(i):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(600)\n"
+        "list(process_map(job, [0, 1], workers=2))\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "IMGCLF_DECODE_PROCESSES": "1"})
+    try:
+        children = [int(parent.stdout.readline()) for _ in range(2)]
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    for _ in range(200):  # the kernel kills them when the parent dies: wait up to 20 s for it
+        alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and
+                 open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"decoding processes {alive} outlived their parent"
+
+
 def test_decoding_on_processes_threads_or_one_worker_gives_the_same_images(split_folder, monkeypatch):
+    from imgclf.data import dataset
+
+    monkeypatch.setattr(dataset, "CHUNK", 8)  # several jobs, so 2 workers both get some
     files = sorted(str(p.relative_to(split_folder / "train")) for p in (split_folder / "train").rglob("*.*"))
     got = []
     for forks, workers in (("1", 2), ("0", 2), ("1", 1)):

@@ -198,6 +198,7 @@ def _upright(img: Image.Image) -> Image.Image:
     """`img` turned by its EXIF orientation (the pixels of ImageOps.exif_transpose, without its copy of an
     image that is already upright or its rewrite of the metadata, which to_rgb drops)."""
     try:
+        img.load()  # a lazily opened TIFF applies its own orientation when it loads
         method = _ORIENTATIONS.get(img.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # a broken EXIF block should not make a readable image unusable
         return img

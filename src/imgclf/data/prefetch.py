@@ -98,27 +98,49 @@ def process_map(fn: Callable, jobs: list, workers: int | None = None) -> Iterato
     only on Linux and not under Keras' JAX backend, whose threads make a fork unsafe (JAX says so).
     IMGCLF_DECODE_PROCESSES=0 keeps to threads. If a worker dies, the jobs not yet returned run on
     threads instead, with a warning."""
+    forks = forking_decodes()  # checks IMGCLF_DECODE_PROCESSES whatever the job count
     workers = max(1, min(workers or default_threads(), len(jobs)))
     done = 0
-    if workers > 1 and forking_decodes():
+    if workers > 1 and forks:
         import multiprocessing
+        import sys
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        before = set(multiprocessing.active_children())
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
-            for result in pool.map(fn, jobs):
-                yield result
-                done += 1
-            return
+            try:
+                results = pool.map(fn, jobs)  # forks the workers and queues every job
+            except OSError as e:  # a fork refused (a process limit, memory): the workers started go
+                for child in set(multiprocessing.active_children()) - before:
+                    child.kill()
+                    child.join()
+                print(f"warning: cannot start decoding processes ({e.strerror or type(e).__name__}); "
+                      f"decoding on threads", file=sys.stderr)
+            else:
+                for result in results:
+                    yield result
+                    done += 1
+                return
         except BrokenProcessPool:
-            import sys
-
             print(f"warning: a decoding process died; decoding the remaining {len(jobs) - done} of "
                   f"{len(jobs)} parts on threads", file=sys.stderr)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     yield from ordered_map(lambda i: fn(jobs[i]), len(jobs), workers, start=done)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A decoding process's first step: the kernel kills it when its parent dies, even by SIGKILL
+    (the OOM killer), which would otherwise leave it waiting on the job queue for ever."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG (Linux)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def forking_decodes() -> bool:
