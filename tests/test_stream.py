@@ -139,7 +139,7 @@ def test_decoding_processes_die_with_their_parent(tmp_path):
         "import os, sys, time\n"
         "from imgclf.data.prefetch import process_map\n"
         "def job(i):\n"
-        "    print(os.getpid(), flush=True)\n"
+        "    os.write(1, f'{os.getpid()}\\n'.encode())  # one write: the two workers' lines cannot mix\n"
         "    time.sleep(600)\n"
         "list(process_map(job, [0, 1], workers=2))\n")
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
