@@ -221,4 +221,5 @@ class ImageView:
         return x if dtype is None else x.astype(dtype)
 
 
-__all__ = ["ordered_map", "process_map", "forking_decodes", "image_chunks", "decode_all", "ImageView", "default_threads", "grain_available"]
+__all__ = ["ordered_map", "process_map", "forking_decodes", "image_chunks", "decode_all", "ImageView",
+           "default_threads", "grain_available"]

@@ -96,8 +96,7 @@ class Records:
         which, out = self.which[index], [b""] * len(index)
         for s in np.unique(which):
             at = np.flatnonzero(which == s)
-            source, keys = self.sources[s], [int(k) for k in self.index[index[at]]]
-            got = source.__getitems__(keys) if hasattr(source, "__getitems__") else [source[k] for k in keys]
+            got = self.sources[s].__getitems__([int(k) for k in self.index[index[at]]])
             for i, data in zip(at, got):
                 out[i] = data
         return out
